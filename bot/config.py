@@ -1,0 +1,498 @@
+"""Settings: `config.toml` loaded once into typed, validated, frozen dataclasses.
+
+Every key is declared here with its type, default, allowed range and a help
+text; `config.toml` repeats them with comments. Unknown keys, wrong types and
+out-of-range values are refused at start with the file, the line and what is
+allowed. Environment variables ``BOT_<SECTION>_<KEY>`` override the file
+(``BOT_ENGINE_MAX_NEW_TOKENS=64``); their values are parsed as TOML values,
+falling back to a plain string. Secrets never live here: the Discord token is
+read from ``DISCORD_TOKEN`` only (see :func:`discord_token`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import tomllib
+import typing
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "BOT_"
+CONFIG_ENV = "BOT_CONFIG"
+TOKEN_ENV = "DISCORD_TOKEN"
+DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the file, line, key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = sorted(problems, key=_line_of)  # in file order; env and others last
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+def _line_of(problem: str) -> int:
+    match = re.match(r"^[^\n]*?:(\d+):", problem)
+    return int(match.group(1)) if match else 1 << 30
+
+
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] | None = None, check: str | None = None) -> Any:
+    """A config field: default, help text and the constraints checked at load."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "check": check}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str = setting("data", "Directory for the database, adapters and model cache; "
+                            "relative paths are relative to the config file.")
+    database: str = setting("bot.sqlite3", "SQLite database file, relative to data_dir.")
+    adapters_dir: str = setting("adapters", "Where adapter versions are written, "
+                                "relative to data_dir.")
+    busy_timeout_ms: int = setting(5000, "How long a writer waits for a locked database.",
+                                   min=0, max=600_000)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = setting(DEFAULT_MODEL_ALIAS, "Base model: the built-in alias "
+                        f"'{DEFAULT_MODEL_ALIAS}', a local Hugging Face model directory, "
+                        "or a hub id (read from the local Hugging Face cache; downloaded only "
+                        "with allow_download = true).")
+    cache_dir: str = setting("models", "Where the converted default model is cached, "
+                             "relative to data_dir.")
+    allow_download: bool = setting(False, "Allow fetching a hub model id over the network.")
+    device: str = setting("auto", "Where the model runs.", choices=("auto", "cpu", "cuda"))
+    dtype: str = setting("auto", "Weights dtype: auto = bfloat16 on CUDA, float32 on CPU.",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    load_in_4bit: bool = setting(False, "Load the base model in 4-bit NF4 through bitsandbytes.")
+    system_prompt: str = setting(
+        "You are a helpful assistant in a Discord server. Answer clearly and briefly.",
+        "System prompt used when a channel or adapter sets none.")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_new_tokens: int = setting(256, "Longest answer in tokens.", min=1, max=8192)
+    temperature: float = setting(0.0, "Sampling temperature; 0 means greedy.", min=0.0, max=2.0)
+    top_p: float = setting(0.95, "Nucleus sampling mass (used when temperature > 0).",
+                           min=0.01, max=1.0)
+    repetition_penalty: float = setting(1.05, "Penalty for repeated tokens; 1 disables it.",
+                                        min=1.0, max=2.0)
+    context_tokens: int = setting(2048, "Prompt budget; the oldest turns are trimmed first.",
+                                  min=64, max=131072)
+    max_batch_size: int = setting(8, "Most requests that share one forward pass.", min=1,
+                                  max=256)
+    batch_wait_ms: int = setting(20, "How long the engine waits to gather a micro-batch.",
+                                 min=0, max=5000)
+    max_loaded_adapters: int = setting(4, "Adapters kept in memory; the least recently used "
+                                       "is unloaded beyond this.", min=1, max=256)
+    request_timeout_s: float = setting(180.0, "A request still running after this is "
+                                       "cancelled.", min=1.0, max=3600.0)
+
+
+_SNOWFLAKE_LISTS = ("Discord ids (integers); empty means no restriction.")
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    command_sync: str = setting("guild", "Sync slash commands to dev_guild_ids (instant, for "
+                                "development) or globally (production).",
+                                choices=("guild", "global"))
+    dev_guild_ids: list[int] = setting([], "Guilds that get the commands when "
+                                       "command_sync = 'guild'.")
+    admin_role_ids: list[int] = setting([], "Roles allowed to run admin commands, besides "
+                                        "members with Manage Server.")
+    allowed_channel_ids: list[int] = setting([], "Channels the bot answers in. " + _SNOWFLAKE_LISTS)
+    allowed_role_ids: list[int] = setting([], "Roles whose members may talk to the bot. "
+                                          + _SNOWFLAKE_LISTS)
+    allowed_user_ids: list[int] = setting([], "Users who may talk to the bot. " + _SNOWFLAKE_LISTS)
+    denied_channel_ids: list[int] = setting([], "Channels the bot never answers in.")
+    denied_role_ids: list[int] = setting([], "Roles whose members the bot ignores.")
+    denied_user_ids: list[int] = setting([], "Users the bot ignores.")
+    answer_mode: str = setting("mention", "Default for channels: answer only when mentioned "
+                               "or replied to, or answer every message.",
+                               choices=("mention", "all"))
+    channel_answer_mode: dict[str, str] = setting({}, "Per-channel answer mode: "
+                                                  "channel id = 'mention' | 'all'.",
+                                                  check="channel_modes")
+    reply_chain_depth: int = setting(8, "How many replied-to messages make the context.",
+                                     min=0, max=100)
+    history_turns: int = setting(6, "Recent channel messages added to the context.",
+                                 min=0, max=100)
+    user_cooldown_s: float = setting(3.0, "Minimum seconds between two questions of a user.",
+                                     min=0.0, max=3600.0)
+    stream_edit_interval_s: float = setting(1.0, "Seconds between edits of a streamed answer.",
+                                            min=0.2, max=30.0)
+    admin_channel_id: int = setting(0, "Channel for failed-run reports; 0 = none.", min=0)
+    announce_channel_id: int = setting(0, "Channel for new-version announcements; 0 = none.",
+                                       min=0)
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    min_score: int = setting(2, "Net 👍 minus 👎 at which an answer becomes a review "
+                             "candidate.", min=1, max=1000)
+    add_reactions: bool = setting(True, "Add 👍 and 👎 under every answer as voting buttons.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    schedule: str = setting("0 3 * * *", "Cron expression (minute hour day month weekday) "
+                            "for the nightly run.", check="crontab")
+    timezone: str = setting("UTC", "IANA time zone of the schedule.", check="timezone")
+    min_new_pairs: int = setting(10, "Approved pairs the serving version has not seen "
+                                 "before a scheduled run starts.", min=1)
+    method: str = setting("lora", "Fine-tuning method.", choices=("lora", "qlora", "full"))
+    epochs: int = setting(4, "Passes over the training pairs.", min=1, max=1000)
+    learning_rate: float = setting(1e-3, "Peak AdamW learning rate.", min=1e-7, max=1.0)
+    batch_size: int = setting(8, "Examples per optimiser micro-step.", min=1, max=4096)
+    grad_accum: int = setting(1, "Micro-steps per optimiser step.", min=1, max=1024)
+    warmup_ratio: float = setting(0.1, "Share of steps spent warming up the rate.",
+                                  min=0.0, max=0.5)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0, max=1.0)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.", min=0.0, max=1000.0)
+    max_seq_len: int = setting(1024, "Longest training example in tokens; longer are cut.",
+                               min=16, max=131072)
+    lora_r: int = setting(16, "LoRA rank.", min=1, max=1024)
+    lora_alpha: int = setting(32, "LoRA alpha (scale = alpha / r).", min=1, max=4096)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", min=0.0, max=0.9)
+    target_modules: list[str] = setting(["all-linear"], "Modules that get LoRA weights; "
+                                        "'all-linear' = every linear layer but the output.")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
+    validation_fraction: float = setting(0.1, "Share of pairs held out for the gate.",
+                                         min=0.0, max=0.5)
+    max_regression: float = setting(0.05, "Largest relative rise in held-out loss a new "
+                                    "version may show and still be promoted.", min=0.0, max=10.0)
+    seed: int = setting(42, "Random seed for splits, sampling and initialisation.", min=0)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = setting("INFO", "Log level.",
+                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+SECTIONS: dict[str, type] = {
+    "storage": StorageConfig,
+    "model": ModelConfig,
+    "engine": EngineConfig,
+    "discord": DiscordConfig,
+    "feedback": FeedbackConfig,
+    "training": TrainingConfig,
+    "logging": LoggingConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    base_dir: Path
+    source: str
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.base_dir / self.storage.data_dir).resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / self.storage.database
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / self.storage.adapters_dir
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / self.model.cache_dir
+
+    def answer_mode_for(self, channel_id: int) -> str:
+        return self.discord.channel_answer_mode.get(str(channel_id), self.discord.answer_mode)
+
+
+def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The bot token, from the environment only; None when unset or blank."""
+    value = (environ if environ is not None else os.environ).get(TOKEN_ENV, "").strip()
+    return value or None
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    env = environ if environ is not None else os.environ
+    return Path(env.get(CONFIG_ENV) or "config.toml")
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate. Raises ConfigError."""
+    env = dict(os.environ if environ is None else environ)
+    config_path = Path(path) if path is not None else default_config_path(env)
+    if config_path.exists():
+        text = config_path.read_text(encoding="utf-8")
+    elif path is None and CONFIG_ENV not in env:
+        text = ""  # no config file at all: every default applies
+    else:
+        raise ConfigError([f"{config_path}: file not found (set {CONFIG_ENV} or pass --config)"])
+    return parse_config(text, source=str(config_path), base_dir=config_path.parent, environ=env)
+
+
+def parse_config(text: str, *, source: str = "config.toml", base_dir: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    locate = _KeyLocator(text, source)
+    problems: list[str] = []
+    values: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
+
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            problems.append(f"{locate.section(section)}: unknown section [{section}]"
+                            f"{_did_you_mean(section, SECTIONS)}")
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"{locate.key(None, section)}: '{section}' must be a [table]")
+            continue
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        for key, value in body.items():
+            where = locate.key(section, key)
+            if section == "discord" and key == "token":
+                problems.append(f"{where}: the Discord token is read only from the "
+                                f"{TOKEN_ENV} environment variable; remove it from the file")
+            elif key not in known:
+                problems.append(f"{where}: unknown key [{section}] {key}"
+                                f"{_did_you_mean(key, known)}")
+            else:
+                values[section][key] = (value, where)
+
+    for name, value in (environ or {}).items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in SECTIONS:
+            continue  # BOT_* variables of other tools are not ours to refuse
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        if key not in known:
+            problems.append(f"environment variable {name}: unknown key [{section}] {key}"
+                            f"{_did_you_mean(key, known)}")
+            continue
+        values[section][key] = (_parse_env_value(value), f"environment variable {name}")
+
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values[section]:
+                continue
+            value, where = values[section][f.name]
+            checked, problem = _validate(value, f, _field_types(cls)[f.name])
+            if problem:
+                problems.append(f"{where}: [{section}] {f.name} = {value!r}: {problem}")
+            else:
+                kwargs[f.name] = checked
+        sections[section] = cls(**kwargs)
+    if problems:
+        raise ConfigError(problems)
+    return Config(base_dir=(base_dir or Path.cwd()), source=source, **sections)
+
+
+def describe_settings() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, help) for every setting, for docs and `--help`."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            rows.append((section, f.name, getattr(defaults, f.name), f.metadata["help"]))
+    return rows
+
+
+def settings_markdown() -> str:
+    """Every setting as a Markdown table (docs/configuration.md is this text)."""
+    lines = ["# Configuration reference", "",
+             "Generated by `python -m bot settings` from the declarations in `bot/config.py`; "
+             "`config.toml` lists the same keys with their defaults.", "",
+             f"Every key can be overridden from the environment as `{ENV_PREFIX}<SECTION>_<KEY>` "
+             f"(upper case), e.g. `{ENV_PREFIX}ENGINE_MAX_NEW_TOKENS=64`; values are read as TOML "
+             "(`[1, 2]`, `true`, `0.5`), anything else as a string. The Discord token is read only "
+             f"from `{TOKEN_ENV}`.", ""]
+    section = None
+    for name, key, default, help_text in describe_settings():
+        if name != section:
+            lines += ["", f"## [{name}]", "", "| key | default | meaning |", "|---|---|---|"]
+            section = name
+        meta = {f.name: f.metadata for f in dataclasses.fields(SECTIONS[name])}[key]
+        allowed = ""
+        if meta.get("choices"):
+            allowed = " One of " + ", ".join(f"`{c}`" for c in meta["choices"]) + "."
+        elif meta.get("min") is not None or meta.get("max") is not None:
+            allowed = f" Allowed: {_range_text(meta.get('min'), meta.get('max'))}."
+        shown = json.dumps(default, ensure_ascii=False)
+        lines.append(f"| `{key}` | `{shown}` | {help_text}{allowed} |")
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+# --- validation ---------------------------------------------------------------------
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _validate(value: Any, f: dataclasses.Field, tp: Any) -> tuple[Any, str | None]:
+    meta = f.metadata
+    value, problem = _coerce(value, tp)
+    if problem:
+        return None, problem
+    low, high = meta.get("min"), meta.get("max")
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and ((low is not None and value < low) or (high is not None and value > high)):
+        return None, f"out of range: allowed {_range_text(low, high)}"
+    if meta.get("choices") and value not in meta["choices"]:
+        allowed = ", ".join(repr(c) for c in meta["choices"])
+        return None, f"not one of {allowed}"
+    check = meta.get("check")
+    if check:
+        problem = _CHECKS[check](value)
+        if problem:
+            return None, problem
+    return value, None
+
+
+def _coerce(value: Any, tp: Any) -> tuple[Any, str | None]:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return (value, None) if isinstance(value, bool) else (None, "expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        return None, "expected an integer"
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return None, "expected a number"
+    if tp is str:
+        return (value, None) if isinstance(value, str) else (None, "expected a string")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return None, f"expected a list of {_type_name(item_tp)}s"
+        items = []
+        for i, item in enumerate(value):
+            checked, problem = _coerce(item, item_tp)
+            if problem:
+                return None, f"item {i}: {problem}"
+            items.append(checked)
+        return items, None
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            return None, "expected a table of key = value"
+        out = {}
+        for k, v in value.items():
+            checked, problem = _coerce(v, value_tp)
+            if problem:
+                return None, f"key {k!r}: {problem}"
+            out[str(k)] = checked
+        return out, None
+    raise TypeError(f"unsupported setting type {tp!r}")  # a bug in this module, not user input
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    return f">= {low}" if low is not None else f"<= {high}"
+
+
+def _check_crontab(value: str) -> str | None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        return f"not a cron expression (minute hour day month weekday): {exc}"
+    return None
+
+
+def _check_timezone(value: str) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "unknown time zone; use an IANA name such as 'UTC' or 'Europe/Paris'"
+    return None
+
+
+def _check_channel_modes(value: dict[str, str]) -> str | None:
+    for channel, mode in value.items():
+        if not channel.isdigit():
+            return f"key {channel!r} is not a channel id (digits only)"
+        if mode not in ("mention", "all"):
+            return f"channel {channel}: mode {mode!r} is not 'mention' or 'all'"
+    return None
+
+
+_CHECKS = {"crontab": _check_crontab, "timezone": _check_timezone,
+           "channel_modes": _check_channel_modes}
+
+
+def _did_you_mean(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; known: {', '.join(sorted(known))}"
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+class _KeyLocator:
+    """Finds the line of a key in TOML text, for error messages (tomllib gives none)."""
+
+    _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+
+    def __init__(self, text: str, source: str):
+        self.source = source
+        self.lines = text.splitlines()
+
+    def section(self, section: str) -> str:
+        for number, line in enumerate(self.lines, 1):
+            match = self._HEADER.match(line)
+            if match and match.group(1).split(".")[0].strip('"') == section:
+                return f"{self.source}:{number}"
+        return self.source
+
+    def key(self, section: str | None, key: str) -> str:
+        current: str | None = None
+        pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        for number, line in enumerate(self.lines, 1):
+            match = self._HEADER.match(line)
+            if match:
+                if match.group(1).replace('"', "") == f"{section}.{key}":
+                    return f"{self.source}:{number}"  # a [section.key] sub-table
+                current = match.group(1).split(".")[0].strip('"')
+                continue
+            if current == section and pattern.match(line):
+                return f"{self.source}:{number}"
+        return self.source
