@@ -1,0 +1,133 @@
+"""Every SQL statement of the project, parameterised, in one place.
+
+Both the async repository (bot) and the sync store (trainer) use these.
+"""
+
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+# --- adapters -----------------------------------------------------------------------
+INSERT_ADAPTER = """
+INSERT INTO adapters (name, base_model, description, system_prompt, based_on, created_by)
+VALUES (?, ?, ?, ?, ?, ?)"""
+SELECT_ADAPTER = "SELECT * FROM adapters WHERE name = ?"
+LIST_ADAPTERS = "SELECT * FROM adapters ORDER BY name"
+LIST_ADAPTER_NAMES = "SELECT name FROM adapters ORDER BY name"
+
+_VERSION_COLUMNS = """
+SELECT v.*, a.name AS adapter FROM adapter_versions v JOIN adapters a ON a.id = v.adapter_id"""
+SELECT_VERSION = _VERSION_COLUMNS + " WHERE a.name = ? AND v.version = ?"
+SELECT_VERSIONS = _VERSION_COLUMNS + " WHERE a.name = ? ORDER BY v.version"
+SELECT_SERVING_VERSION = _VERSION_COLUMNS + " WHERE a.name = ? AND v.status = 'serving'"
+NEXT_VERSION_NUMBER = """
+SELECT COALESCE(MAX(version), 0) + 1 FROM adapter_versions WHERE adapter_id = ?"""
+INSERT_VERSION = """
+INSERT INTO adapter_versions (adapter_id, version, path, status, scale, metrics, reason, run_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+RETIRE_SERVING = """
+UPDATE adapter_versions SET status = 'retired' WHERE adapter_id = ? AND status = 'serving'"""
+MAKE_SERVING = """
+UPDATE adapter_versions SET status = 'serving', reason = COALESCE(?, reason)
+WHERE adapter_id = ? AND version = ?"""
+
+# --- channel and guild bindings -----------------------------------------------------
+BIND_CHANNEL = """
+INSERT INTO channel_adapters (channel_id, guild_id, adapter_id, bound_by) VALUES (?, ?, ?, ?)
+ON CONFLICT (channel_id) DO UPDATE SET guild_id = excluded.guild_id,
+    adapter_id = excluded.adapter_id, bound_by = excluded.bound_by, bound_at = """ + NOW
+UNBIND_CHANNEL = "DELETE FROM channel_adapters WHERE channel_id = ?"
+BIND_GUILD = """
+INSERT INTO guild_adapters (guild_id, adapter_id, bound_by) VALUES (?, ?, ?)
+ON CONFLICT (guild_id) DO UPDATE SET adapter_id = excluded.adapter_id,
+    bound_by = excluded.bound_by, bound_at = """ + NOW
+CHANNEL_ADAPTER = """
+SELECT a.name FROM channel_adapters c JOIN adapters a ON a.id = c.adapter_id
+WHERE c.channel_id = ?"""
+GUILD_ADAPTER = """
+SELECT a.name FROM guild_adapters g JOIN adapters a ON a.id = g.adapter_id
+WHERE g.guild_id = ?"""
+CHANNELS_OF_ADAPTER = """
+SELECT c.channel_id FROM channel_adapters c JOIN adapters a ON a.id = c.adapter_id
+WHERE a.name = ? ORDER BY c.channel_id"""
+
+# --- turns and feedback -------------------------------------------------------------
+INSERT_TURN = """
+INSERT INTO turns (source, guild_id, channel_id, author_id, question_message_id,
+                   answer_message_id, question, context, answer, adapter_name,
+                   adapter_version, latency_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+SELECT_TURN = "SELECT * FROM turns WHERE id = ?"
+SELECT_TURN_BY_ANSWER_MESSAGE = "SELECT * FROM turns WHERE answer_message_id = ?"
+SET_ANSWER_MESSAGE = "UPDATE turns SET answer_message_id = ? WHERE id = ?"
+RECENT_TURNS = "SELECT * FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?"
+UPSERT_VOTE = """
+INSERT INTO feedback (turn_id, user_id, value) VALUES (?, ?, ?)
+ON CONFLICT (turn_id, user_id) DO UPDATE SET value = excluded.value,
+    created_at = """ + NOW
+RETRACT_VOTE = "DELETE FROM feedback WHERE turn_id = ? AND user_id = ? AND value = ?"
+SCORE = "SELECT COALESCE(SUM(value), 0) FROM feedback WHERE turn_id = ?"
+INSERT_REVIEW_CANDIDATE = """
+INSERT INTO review (turn_id, adapter_name) SELECT id, adapter_name FROM turns WHERE id = ?
+ON CONFLICT (turn_id) DO NOTHING"""
+# a pending candidate whose score fell below the threshold is withdrawn; decided ones stay
+WITHDRAW_PENDING_BELOW = """
+DELETE FROM review WHERE status = 'pending' AND turn_id = ?
+    AND (SELECT COALESCE(SUM(value), 0) FROM feedback WHERE turn_id = review.turn_id) < ?"""
+PRUNE_PENDING_BELOW = """
+DELETE FROM review WHERE status = 'pending'
+    AND (SELECT COALESCE(SUM(value), 0) FROM feedback WHERE turn_id = review.turn_id) < ?"""
+
+# --- review -------------------------------------------------------------------------
+_REVIEW_COLUMNS = """
+SELECT t.*, r.adapter_name AS review_adapter, r.status, r.edited_answer, r.reviewer_id,
+       r.reviewed_at, (SELECT COALESCE(SUM(f.value), 0) FROM feedback f
+                       WHERE f.turn_id = t.id) AS score
+FROM review r JOIN turns t ON t.id = r.turn_id"""
+SELECT_REVIEWS = _REVIEW_COLUMNS + """
+WHERE r.status = ? AND (? IS NULL OR r.adapter_name = ?) ORDER BY score DESC, t.id LIMIT ?"""
+SELECT_REVIEW = _REVIEW_COLUMNS + " WHERE r.turn_id = ?"
+COUNT_REVIEWS = """
+SELECT COUNT(*) FROM review WHERE status = ? AND (? IS NULL OR adapter_name = ?)"""
+DECIDE_REVIEW = """
+UPDATE review SET status = ?, edited_answer = ?, reviewer_id = ?, reviewed_at = """ + NOW + """
+WHERE turn_id = ?"""
+APPROVED_PAIRS = """
+SELECT t.id AS turn_id, t.question, COALESCE(r.edited_answer, t.answer) AS answer,
+       r.adapter_name, t.channel_id, t.context, t.created_at,
+       (SELECT COALESCE(SUM(f.value), 0) FROM feedback f WHERE f.turn_id = t.id) AS score
+FROM review r JOIN turns t ON t.id = r.turn_id
+WHERE r.status = 'approved' AND (? IS NULL OR r.adapter_name = ?)
+ORDER BY t.id"""
+INSERT_APPROVED_REVIEW = """
+INSERT INTO review (turn_id, adapter_name, status, reviewed_at) VALUES (?, ?, 'approved', """ \
+    + NOW + ")"
+
+# --- forgetting a user --------------------------------------------------------------
+DELETE_TURNS_OF_AUTHOR = "DELETE FROM turns WHERE author_id = ?"
+DELETE_VOTES_OF_USER = "DELETE FROM feedback WHERE user_id = ?"
+
+# --- training runs ------------------------------------------------------------------
+_RUN_COLUMNS = """
+SELECT r.*, a.name AS adapter FROM training_runs r JOIN adapters a ON a.id = r.adapter_id"""
+INSERT_RUN = """
+INSERT INTO training_runs (adapter_id, status, trigger, requested_by) VALUES (?, 'queued', ?, ?)"""
+SELECT_RUN = _RUN_COLUMNS + " WHERE r.id = ?"
+LIST_RUNS = _RUN_COLUMNS + " WHERE (? IS NULL OR a.name = ?) ORDER BY r.id DESC LIMIT ?"
+RUN_COLUMNS_UPDATABLE = frozenset(
+    {"status", "pid", "version", "metrics", "error", "log_path", "started_at", "finished_at"})
+
+# --- stats --------------------------------------------------------------------------
+STATS = """
+SELECT (SELECT COUNT(*) FROM turns) AS answers,
+       (SELECT COUNT(*) FROM feedback) AS votes,
+       (SELECT COUNT(*) FROM review WHERE status = 'pending') AS pending,
+       (SELECT COUNT(*) FROM review WHERE status = 'approved') AS approved,
+       (SELECT COUNT(*) FROM review WHERE status = 'rejected') AS rejected,
+       (SELECT COUNT(*) FROM adapters) AS adapters,
+       (SELECT COUNT(*) FROM training_runs) AS runs"""
+
+
+def update_run_sql(columns: list[str]) -> str:
+    unknown = set(columns) - RUN_COLUMNS_UPDATABLE
+    if unknown:
+        raise ValueError(f"training_runs has no updatable column(s) {sorted(unknown)}")
+    return "UPDATE training_runs SET " + ", ".join(f"{c} = ?" for c in columns) + " WHERE id = ?"

@@ -1,0 +1,84 @@
+"""The synchronous path for the trainer process (no event loop there).
+
+Only what a training run needs: read approved pairs and adapter versions,
+record the run and the version it produced. Same SQL as the async repository.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from . import queries as q
+from .connection import connect_sync
+from .errors import UnknownAdapterError
+from .records import Adapter, AdapterVersion, Pair, TrainingRun
+
+
+class SyncStore:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000):
+        self.path = Path(path)
+        self.conn: sqlite3.Connection = connect_sync(self.path, busy_timeout_ms)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SyncStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def require_adapter(self, name: str) -> Adapter:
+        row = self.conn.execute(q.SELECT_ADAPTER, (name,)).fetchone()
+        if row is None:
+            known = [r["name"] for r in self.conn.execute(q.LIST_ADAPTER_NAMES)]
+            raise UnknownAdapterError(name, known)
+        return Adapter.from_row(row)
+
+    def approved_pairs(self, adapter: str | None = None) -> list[Pair]:
+        return [Pair.from_row(r) for r in self.conn.execute(q.APPROVED_PAIRS, (adapter, adapter))]
+
+    def serving_version(self, adapter: str) -> AdapterVersion | None:
+        row = self.conn.execute(q.SELECT_SERVING_VERSION, (adapter,)).fetchone()
+        return AdapterVersion.from_row(row) if row else None
+
+    def versions(self, adapter: str) -> list[AdapterVersion]:
+        rows = self.conn.execute(q.SELECT_VERSIONS, (adapter,))
+        return [AdapterVersion.from_row(r) for r in rows]
+
+    def add_version(self, adapter: str, *, path: str, metrics: dict[str, Any] | None = None,
+                    status: str = "candidate", scale: float = 1.0, reason: str | None = None,
+                    run_id: int | None = None) -> AdapterVersion:
+        record = self.require_adapter(adapter)
+        with self._transaction():
+            (number,) = self.conn.execute(q.NEXT_VERSION_NUMBER, (record.id,)).fetchone()
+            if status == "serving":
+                self.conn.execute(q.RETIRE_SERVING, (record.id,))
+            self.conn.execute(q.INSERT_VERSION, (record.id, number, path, status, scale,
+                                                 json.dumps(metrics or {}), reason, run_id))
+        return AdapterVersion.from_row(
+            self.conn.execute(q.SELECT_VERSION, (adapter, number)).fetchone())
+
+    def update_run(self, run_id: int, **fields: Any) -> TrainingRun:
+        if "metrics" in fields and not isinstance(fields["metrics"], str):
+            fields["metrics"] = json.dumps(fields["metrics"])
+        with self._transaction():
+            self.conn.execute(q.update_run_sql(list(fields)), (*fields.values(), run_id))
+        return TrainingRun.from_row(self.conn.execute(q.SELECT_RUN, (run_id,)).fetchone())
+
+    def _transaction(self):
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
