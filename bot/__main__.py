@@ -1,0 +1,110 @@
+"""`python -m bot`: the Discord bot when DISCORD_TOKEN is set, else the console chat."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from storage import Database, StorageError
+from trainer.modeling import ModelError
+
+from .config import ConfigError, discord_token, load_config, settings_markdown
+from .logs import configure_logging, register_secret
+
+log = logging.getLogger("bot")
+
+HEARTBEAT_FILE = "heartbeat"
+HEARTBEAT_EVERY_S = 15
+HEARTBEAT_STALE_S = 90
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="A Discord bot that learns from its own channel. Without DISCORD_TOKEN "
+                    "in the environment it starts the console chat.")
+    parser.add_argument("--config", help="settings file (default: $BOT_CONFIG or ./config.toml)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="Discord bot if DISCORD_TOKEN is set, else console (default)")
+    sub.add_parser("chat", help="console chat on stdin/stdout, even when a token is set")
+    sub.add_parser("healthcheck", help="exit 0 if a running bot wrote its heartbeat recently")
+    sub.add_parser("settings", help="print every setting with its default (Markdown)")
+    return parser
+
+
+async def _heartbeat(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        await asyncio.to_thread(path.write_text, f"{time.time():.0f}\n")
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+async def run_console(config) -> int:
+    from .console import ConsoleChat
+    from .engine import Engine
+
+    engine = Engine(config)
+    heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
+    try:
+        async with Database(config.database_path,
+                            busy_timeout_ms=config.storage.busy_timeout_ms) as db:
+            await engine.start()
+            return await ConsoleChat(config, engine, db).run()
+    finally:
+        heartbeat.cancel()
+        await engine.close()
+
+
+def healthcheck(config) -> int:
+    path = config.data_dir / HEARTBEAT_FILE
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: no heartbeat at {path}")
+        return 1
+    if age > HEARTBEAT_STALE_S:
+        print(f"unhealthy: last heartbeat {age:.0f} s ago")
+        return 1
+    print(f"healthy: heartbeat {age:.0f} s ago")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "settings":
+        print(settings_markdown(), end="")
+        return 0
+    token = discord_token()
+    register_secret(token)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level)
+    if not config.model.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads unless allowed
+    command = args.command or "run"
+    if command == "healthcheck":
+        return healthcheck(config)
+    if command == "run" and token:
+        print("error: DISCORD_TOKEN is set, but the Discord client is not built yet "
+              "(issue 5); unset it to use the console chat (`python -m bot chat`)",
+              file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_console(config))
+    except (ModelError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
