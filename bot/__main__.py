@@ -13,7 +13,7 @@ from pathlib import Path
 from storage import Database, StorageError
 from trainer.modeling import ModelError
 
-from .config import ConfigError, discord_token, load_config, settings_markdown
+from .config import discord_token, load_config_or_exit, settings_markdown
 from .logs import configure_logging, register_secret
 
 log = logging.getLogger("bot")
@@ -81,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     token = discord_token()
     register_secret(token)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(args.config)
     configure_logging(config.logging.level)
     if not config.model.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads unless allowed

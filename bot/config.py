@@ -16,6 +16,7 @@ import difflib
 import json
 import os
 import re
+import sys
 import tomllib
 import typing
 import zoneinfo
@@ -249,6 +250,15 @@ def load_config(path: str | os.PathLike[str] | None = None,
     else:
         raise ConfigError([f"{config_path}: file not found (set {CONFIG_ENV} or pass --config)"])
     return parse_config(text, source=str(config_path), base_dir=config_path.parent, environ=env)
+
+
+def load_config_or_exit(path: str | os.PathLike[str] | None) -> Config:
+    """For command lines: the config, or the problems on stderr and exit status 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def parse_config(text: str, *, source: str = "config.toml", base_dir: Path | None = None,

@@ -105,7 +105,7 @@ class Engine:
                  self.placement.dtype_name, ", 4-bit NF4" if self.placement.load_in_4bit else "")
 
     async def close(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.tokenizer.apply_chat_template(

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from bot.config import ConfigError, load_config
+from bot.config import load_config_or_exit
 from bot.logs import configure_logging
 
 from . import modeling
@@ -40,11 +40,7 @@ def cmd_fetch_model(config, quiet: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config_or_exit(args.config)
     configure_logging(config.logging.level)
     try:
         if args.command == "fetch-model":
