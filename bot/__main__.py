@@ -47,17 +47,20 @@ async def _heartbeat(path: Path) -> None:
 async def run_console(config) -> int:
     from .console import ConsoleChat
     from .engine import Engine
+    from .routing import Router
 
-    engine = Engine(config)
     heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
     try:
         async with Database(config.database_path,
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
+            engine = Engine(config, Router(config, db))
             await engine.start()
-            return await ConsoleChat(config, engine, db).run()
+            try:
+                return await ConsoleChat(config, engine, db).run()
+            finally:
+                await engine.close()
     finally:
         heartbeat.cancel()
-        await engine.close()
 
 
 def healthcheck(config) -> int:

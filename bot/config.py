@@ -127,6 +127,10 @@ class DiscordConfig:
     channel_answer_mode: dict[str, str] = setting({}, "Per-channel answer mode: "
                                                   "channel id = 'mention' | 'all'.",
                                                   check="channel_modes")
+    channel_system_prompt: dict[str, str] = setting({}, "Per-channel system prompt: "
+                                                    "channel id = 'text'; wins over the "
+                                                    "adapter's own prompt.",
+                                                    check="channel_keys")
     reply_chain_depth: int = setting(8, "How many replied-to messages make the context.",
                                      min=0, max=100)
     history_turns: int = setting(6, "Recent channel messages added to the context.",
@@ -450,17 +454,25 @@ def _check_timezone(value: str) -> str | None:
     return None
 
 
-def _check_channel_modes(value: dict[str, str]) -> str | None:
-    for channel, mode in value.items():
+def _check_channel_keys(value: dict[str, str]) -> str | None:
+    for channel in value:
         if not channel.isdigit():
             return f"key {channel!r} is not a channel id (digits only)"
+    return None
+
+
+def _check_channel_modes(value: dict[str, str]) -> str | None:
+    problem = _check_channel_keys(value)
+    if problem:
+        return problem
+    for channel, mode in value.items():
         if mode not in ("mention", "all"):
             return f"channel {channel}: mode {mode!r} is not 'mention' or 'all'"
     return None
 
 
 _CHECKS = {"crontab": _check_crontab, "timezone": _check_timezone,
-           "channel_modes": _check_channel_modes}
+           "channel_modes": _check_channel_modes, "channel_keys": _check_channel_keys}
 
 
 def _did_you_mean(name: str, known: Any) -> str:

@@ -1,7 +1,9 @@
-"""Console chat: the same engine and storage as Discord, on stdin/stdout.
+"""Console chat: the same engine, storage and feedback loop as Discord, on stdin/stdout.
 
 Interactive (a `you>` prompt on a terminal) or scripted (one prompt per line
-of piped stdin, answers on stdout, exit 0 at end of input).
+of piped stdin, answers on stdout, exit 0 at end of input). The console is one
+channel (id 0) with one user (id 0) who is also its admin: a single /good
+makes an answer a review candidate.
 """
 
 from __future__ import annotations
@@ -9,22 +11,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from storage import Database
+from storage import Database, StorageError
 
 from .config import Config
-from .engine import Engine, GenerationRequest, Sampling
+from .engine import Engine, EngineError, GenerationRequest, Sampling
 
 log = logging.getLogger(__name__)
 
 CONSOLE_CHANNEL_ID = 0
 CONSOLE_USER_ID = 0
+CONSOLE_MIN_SCORE = 1  # the console has one voter
 
 HELP = """Type a question and press Enter. Commands:
-  /help   this text
-  /quit   leave (end of input does the same)"""
+  /good, /bad                 vote on the last answer (a /good makes it a review candidate)
+  /adapter list               adapters, their serving version, the one this console uses
+  /adapter use NAME           answer with adapter NAME from now on (/adapter use base: none)
+  /adapter create NAME        a new, untrained adapter
+  /adapter info NAME          its versions and their metrics
+  /adapter rollback NAME [V]  serve an earlier version again (default: the one before)
+  /review                     the next pair waiting for review
+  /review approve|reject [ID] decide on it (default: the pair shown by /review)
+  /review edit ID TEXT        approve with a corrected answer
+  /stats                      answers, votes, pairs, adapters
+  /train                      train the adapter on its approved pairs
+  /help                       this text
+  /quit                       leave (end of input does the same)"""
 
 
 class ConsoleChat:
@@ -33,6 +47,14 @@ class ConsoleChat:
         self.config, self.engine, self.db = config, engine, db
         self.stdin, self.stdout = stdin, stdout
         self.interactive = stdin.isatty()
+        self.history: list[dict[str, str]] = []
+        self.last_turn: int | None = None
+        self.shown_review: int | None = None
+        self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
+            "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
+            "/adapter": self.adapter, "/review": self.review, "/stats": self.stats,
+            "/train": self.train, "/help": self.help,
+        }
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.stdout.write(text + end)
@@ -50,43 +72,155 @@ class ConsoleChat:
             text = line.strip()
             if not text:
                 continue
+            if text.split()[0].lower() in ("/quit", "/exit"):
+                return 0
             if text.startswith("/"):
-                if await self.command(text) == "quit":
-                    return 0
-                continue
-            await self.ask(text)
+                await self.command(text)
+            else:
+                await self.ask(text)
 
-    async def command(self, text: str) -> str | None:
-        name = text.split()[0].lower()
-        if name in ("/quit", "/exit"):
-            return "quit"
-        if name == "/help":
-            self.say(HELP)
-        else:
+    async def command(self, text: str) -> None:
+        name, *args = text.split()
+        handler = self.commands.get(name.lower())
+        if handler is None:
             self.say(f"unknown command {name}; /help lists the commands")
-        return None
+            return
+        try:
+            await handler(args)
+        except (StorageError, EngineError, ValueError) as exc:
+            self.say(f"error: {exc}")
 
     async def ask(self, question: str) -> str:
-        messages = [{"role": "system", "content": self.config.model.system_prompt},
+        messages = [*self.history[-2 * self.config.discord.history_turns:],
                     {"role": "user", "content": question}]
         request = GenerationRequest(channel_id=CONSOLE_CHANNEL_ID, messages=messages,
                                     sampling=Sampling.from_config(self.config.engine))
-        started = time.perf_counter()
-        parts: list[str] = []
         if self.interactive:
             self.say("bot> ", end="")
         try:
-            async for chunk in self.engine.generate(request):
-                parts.append(chunk)
+            generation = await self.engine.submit(request)
+            async for chunk in generation:
                 self.say(chunk, end="")
         except Exception:
             log.exception("generation failed")
             self.say("(sorry, the model failed to answer; see the log)")
             return ""
-        answer = "".join(parts).strip()
+        answer = generation.text.strip()
         self.say()
-        await self.db.record_turn(
+        route = generation.route
+        self.last_turn = await self.db.record_turn(
             source="console", channel_id=CONSOLE_CHANNEL_ID, author_id=CONSOLE_USER_ID,
             question=question, answer=answer, context=messages[:-1],
-            latency_ms=(time.perf_counter() - started) * 1000)
+            adapter_name=route.adapter, adapter_version=route.version,
+            latency_ms=generation.latency_ms)
+        self.history += [{"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}]
         return answer
+
+    async def vote(self, value: int) -> None:
+        if self.last_turn is None:
+            self.say("nothing to vote on yet: ask a question first")
+            return
+        result = await self.db.cast_vote(self.last_turn, CONSOLE_USER_ID, value,
+                                         min_score=CONSOLE_MIN_SCORE)
+        mark = "👍" if value > 0 else "👎"
+        note = " — now a review candidate (/review)" if result.became_candidate else ""
+        self.say(f"{mark} recorded on answer #{self.last_turn} (score {result.score}){note}")
+
+    async def adapter(self, args: list[str]) -> None:
+        action = args[0].lower() if args else "list"
+        if action == "list":
+            bound = await self.db.resolve_adapter_for(CONSOLE_CHANNEL_ID)
+            adapters = await self.db.list_adapters()
+            if not adapters:
+                self.say("no adapters yet: /adapter create NAME")
+            for record in adapters:
+                serving = await self.db.serving_version(record.name)
+                state = f"v{serving.version} serving" if serving else "not trained yet"
+                here = "  ← this console" if bound and bound.name == record.name else ""
+                self.say(f"  {record.name}: {state}{here}")
+            if bound is None:
+                self.say("this console answers with the base model")
+        elif action == "use" and len(args) == 2:
+            if args[1] == "base":
+                await self.db.unbind_channel(CONSOLE_CHANNEL_ID)
+                self.say("this console now answers with the base model")
+            else:
+                await self.db.bind_channel(CONSOLE_CHANNEL_ID, args[1],
+                                           bound_by=CONSOLE_USER_ID)
+                serving = await self.db.serving_version(args[1])
+                version = f"v{serving.version}" if serving else "the base model until trained"
+                self.say(f"this console now answers with {args[1]} ({version})")
+        elif action == "create" and len(args) == 2:
+            await self.db.create_adapter(args[1], self.config.model.name,
+                                         created_by=CONSOLE_USER_ID)
+            self.say(f"created adapter {args[1]}; /adapter use {args[1]} to answer with it")
+        elif action == "info" and len(args) == 2:
+            await self.db.require_adapter(args[1])
+            versions = await self.db.versions(args[1])
+            if not versions:
+                self.say(f"{args[1]} has no trained version yet")
+            for v in versions:
+                metrics = ", ".join(f"{k} {val:.4g}" if isinstance(val, float) else f"{k} {val}"
+                                    for k, val in v.metrics.items())
+                self.say(f"  v{v.version} {v.status} ({v.created_at[:16]}) {metrics}")
+            channels = await self.db.channels_of(args[1])
+            self.say(f"  bound to channels: {', '.join(map(str, channels)) or 'none'}")
+        elif action == "rollback" and len(args) in (2, 3):
+            await self.rollback(args[1], int(args[2]) if len(args) == 3 else None)
+        else:
+            self.say("usage: /adapter list | use NAME | create NAME | info NAME | "
+                     "rollback NAME [VERSION]")
+
+    async def rollback(self, name: str, version: int | None) -> None:
+        serving = await self.db.serving_version(name)
+        if version is None:
+            older = [v.version for v in await self.db.versions(name)
+                     if serving is None or v.version < serving.version]
+            if not older:
+                self.say(f"{name} has no earlier version to roll back to")
+                return
+            version = older[-1]
+        await self.engine.promote(name, version, reason="rollback from the console")
+        self.say(f"{name} now serves v{version}")
+
+    async def review(self, args: list[str]) -> None:
+        action = args[0].lower() if args else "next"
+        if action == "next":
+            items = await self.db.reviews("pending", limit=1)
+            if not items:
+                self.say("nothing waiting for review")
+                return
+            item = items[0]
+            self.shown_review = item.turn.id
+            left = await self.db.count_reviews("pending")
+            self.say(f"#{item.turn.id} [{item.adapter_name or 'base'}] score {item.score} "
+                     f"({left} waiting)\n  Q: {item.turn.question}\n  A: {item.turn.answer}\n"
+                     f"  /review approve | /review reject | /review edit {item.turn.id} TEXT")
+            return
+        if action in ("approve", "reject"):
+            turn_id = int(args[1]) if len(args) > 1 else self.shown_review
+            if turn_id is None:
+                self.say("which pair? /review shows the next one")
+                return
+            status = "approved" if action == "approve" else "rejected"
+            await self.db.decide_review(turn_id, status, reviewer_id=CONSOLE_USER_ID)
+            self.say(f"#{turn_id} {status}")
+        elif action == "edit" and len(args) >= 3:
+            await self.db.decide_review(int(args[1]), "approved", reviewer_id=CONSOLE_USER_ID,
+                                        edited_answer=" ".join(args[2:]))
+            self.say(f"#{args[1]} approved with your answer")
+        else:
+            self.say("usage: /review | /review approve [ID] | /review reject [ID] | "
+                     "/review edit ID TEXT")
+
+    async def stats(self, args: list[str]) -> None:
+        stats = await self.db.stats()
+        self.say("  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+
+    async def train(self, args: list[str]) -> None:
+        self.say("training is not available yet: the trainer and its scheduler are still "
+                 "being built. Approved pairs are kept and will train the first version.")
+
+    async def help(self, args: list[str]) -> None:
+        self.say(HELP)

@@ -1,29 +1,52 @@
 """The inference engine: the one owner of the model inside the bot process.
 
-Generation runs on a single worker thread that owns the model, never on the
-event loop; text reaches the caller chunk by chunk through an asyncio queue.
-A request whose consumer goes away (cancelled, timed out) stops generating at
-the next token. This first slice answers one request at a time on the base
-model; per-channel adapters, micro-batching and hot reload build on it.
+- One worker thread owns the model; the event loop never runs a forward pass.
+- Requests that arrive together (within `engine.batch_wait_ms`) form a
+  micro-batch. Rows for different adapters share one forward pass through
+  PEFT's mixed-adapter batch (`adapter_names=`, "__base__" for the base
+  model), so `set_adapter`'s global state is never used.
+- Each adapter *version* is its own PEFT adapter (`name__vN`). A request pins
+  the version it was routed to, so a promotion never changes a request in
+  flight; unpinned versions beyond `engine.max_loaded_adapters` are unloaded,
+  least recently used first.
+- Every row stops on its own: end of text, its own token limit, a stop string,
+  its deadline (`engine.request_timeout_s`), or its consumer going away.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
+import itertools
 import logging
+import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from storage import BASE_ADAPTER
 from trainer import modeling
 
 from .config import Config, EngineConfig
+from .routing import Route, Router
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
+
+
+class EngineError(RuntimeError):
+    """Generation failed for a reason the user can be told about."""
+
+
+class GenerationTimeout(EngineError):
+    pass
+
+
+class AdapterLoadError(EngineError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -41,6 +64,13 @@ class Sampling:
         values.update(overrides)
         return cls(**values)
 
+    @property
+    def batch_key(self) -> tuple:
+        """Rows can share a forward pass when these agree (limits and stops are per row)."""
+        if self.temperature <= 0:
+            return ("greedy", self.repetition_penalty)
+        return ("sample", self.temperature, self.top_p, self.repetition_penalty)
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -48,6 +78,7 @@ class GenerationRequest:
     messages: Sequence[Message]
     sampling: Sampling = field(default_factory=Sampling)
     guild_id: int | None = None
+    route: Route | None = None  # set to bypass channel routing (promotion, bench, API)
 
 
 def trim_messages(messages: Sequence[Message], budget: int,
@@ -65,119 +96,505 @@ def trim_messages(messages: Sequence[Message], budget: int,
     return system + body
 
 
-class _Cancelled:
-    """A stopping criterion that ends generation when the request is abandoned."""
+class _End:
+    """Marks the end of a stream in a job's queue."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
 
+_END = _End()
+
+
+class _Job:
+    _ids = itertools.count(1)
+
+    def __init__(self, request: GenerationRequest, route: Route, loop: asyncio.AbstractEventLoop,
+                 timeout_s: float, on_finish: Callable[[_Job], None]):
+        self.id = next(self._ids)
+        self.on_finish = on_finish
+        self.released = False
+        self.request = request
+        self.route = route
+        self.loop = loop
+        self.chunks: asyncio.Queue[str | BaseException | _End] = asyncio.Queue()
+        self.abandoned = threading.Event()
+        self.deadline = time.monotonic() + timeout_s
+        self.finished = False
+
+    def push(self, item: str | BaseException | _End) -> None:
+        if self.finished:
+            return
+        if not isinstance(item, str):
+            self.finished = True
+            self.on_finish(self)  # the version it pinned may be unloaded from now on
+        self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
+
+
+class Generation:
+    """A submitted request: its route is known at once, its text arrives as it is made."""
+
+    def __init__(self, job: _Job, on_done: Callable[[_Job], None]):
+        self._job = job
+        self._on_done = on_done
+        self.route: Route = job.route
+        self.text = ""
+        self.started = time.perf_counter()
+        self.latency_ms: float | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                item = await self._job.chunks.get()
+                if isinstance(item, _End):
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self.text += item
+                yield item
+            self.latency_ms = (time.perf_counter() - self.started) * 1000
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Abandon the request: it stops at its next token and frees its slot."""
+        self._job.abandoned.set()
+        self._on_done(self._job)
+
+    async def complete(self) -> str:
+        async for _ in self:
+            pass
+        return self.text.strip()
+
+
+class _Slots:
+    """Loaded adapter versions: LRU order and pins (requests using them).
+
+    Pins change on the event loop, loading and eviction on the worker: a lock.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.loaded: collections.OrderedDict[str, Route] = collections.OrderedDict()
+        self.pins: collections.Counter[str] = collections.Counter()
+
+    def pin(self, key: str) -> None:
+        with self.lock:
+            self.pins[key] += 1
+
+    def unpin(self, key: str) -> None:
+        with self.lock:
+            self.pins[key] -= 1
+            if self.pins[key] <= 0:
+                del self.pins[key]
+
+    def touch(self, key: str) -> None:
+        with self.lock:
+            if key in self.loaded:
+                self.loaded.move_to_end(key)
+
+    def evictable(self, keep: set[str]) -> list[str]:
+        """Unpinned versions beyond capacity, least recently used first."""
+        with self.lock:
+            excess = len(self.loaded) - self.capacity
+            victims = []
+            for key in self.loaded:
+                if excess <= 0:
+                    break
+                if key not in keep and self.pins[key] == 0:
+                    victims.append(key)
+                    excess -= 1
+            return victims
+
+
+class _BatchController:
+    """Streamer and per-row stopping criterion of one micro-batch."""
+
+    def __init__(self, jobs: list[_Job], tokenizer: Any):
+        self.jobs = jobs
+        self.tokenizer = tokenizer
+        eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.sent = [0] * len(jobs)
+        self.done = [False] * len(jobs)
+        self.prompt_seen = False
+
+    # --- streamer (transformers' BaseStreamer protocol) ---------------------------
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[row]:
+                continue
+            if token in self.eos_ids:
+                self._finish(row)
+                continue
+            self.tokens[row].append(token)
+            limit = self.jobs[row].request.sampling.max_new_tokens
+            self._emit(row, final=len(self.tokens[row]) >= limit)
+
+    def end(self) -> None:
+        for row in range(len(self.jobs)):
+            if not self.done[row]:
+                self._finish(row)
+
+    # --- stopping criterion ---------------------------------------------------------
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        now = time.monotonic()
+        for row, job in enumerate(self.jobs):
+            if self.done[row]:
+                continue
+            if job.abandoned.is_set():
+                self._finish(row)
+            elif now > job.deadline:
+                self._finish(row, GenerationTimeout(
+                    f"the answer took longer than engine.request_timeout_s and was cut off "
+                    f"after {len(self.tokens[row])} tokens"))
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+    # --- text -------------------------------------------------------------------------
+    def _emit(self, row: int, final: bool = False) -> None:
+        job = self.jobs[row]
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        safe = len(text)
+        for stop in job.request.sampling.stop:
+            at = text.find(stop)
+            if at != -1:
+                text, safe, final = text[:at], at, True
+        if not final:
+            if text.endswith("\ufffd"):  # half of a multi-byte character
+                safe = len(text) - 1
+            for stop in job.request.sampling.stop:  # hold back a possible stop string start
+                for size in range(min(len(stop) - 1, len(text)), 0, -1):
+                    if text.endswith(stop[:size]):
+                        safe = min(safe, len(text) - size)
+                        break
+        if safe > self.sent[row]:
+            job.push(text[self.sent[row]:safe])
+            self.sent[row] = safe
+        if final:
+            self.done[row] = True
+            job.push(_END)
+
+    def _finish(self, row: int, error: BaseException | None = None) -> None:
+        if self.done[row]:
+            return
+        self._emit(row, final=error is None)
+        self.done[row] = True
+        self.jobs[row].push(error if error is not None else _END)
 
 
 class Engine:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, router: Router | None = None):
         self.config = config
+        self.router = router
         self.model: Any = None
         self.tokenizer: Any = None
         self.placement: modeling.Placement | None = None
         self.model_source: str | None = None
-        # one thread owns the model: generation never overlaps and never blocks the loop
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="engine")
+        self.slots = _Slots(config.engine.max_loaded_adapters)
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._release_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.batches_run = 0
+        self.rows_run = 0
 
+    # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
 
-    def _load(self) -> None:
+        def main() -> None:
+            try:
+                self._load_base()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(ready.set_exception, exc)
+                return
+            loop.call_soon_threadsafe(ready.set_result, None)
+            self._serve()
+
+        self._thread = threading.Thread(target=main, name="engine", daemon=True)
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(None)
+            await asyncio.to_thread(self._thread.join)
+
+    def _load_base(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         cfg = self.config.model
         self.placement = modeling.choose_placement(cfg.device, cfg.dtype, cfg.load_in_4bit)
         self.model_source = modeling.resolve_model_source(
             cfg.name, self.config.model_cache_dir, allow_download=cfg.allow_download)
         self.tokenizer = modeling.load_tokenizer(self.model_source,
                                                  allow_download=cfg.allow_download)
+        self.tokenizer.padding_side = "left"  # generation appends on the right
         self.model = modeling.load_model(self.model_source, self.placement,
                                          allow_download=cfg.allow_download)
-        log.info("model %s on %s (%s%s)", cfg.name, self.placement.device,
-                 self.placement.dtype_name, ", 4-bit NF4" if self.placement.load_in_4bit else "")
+        log.info("model %s on %s (%s%s); up to %d adapters loaded, batches of up to %d",
+                 cfg.name, self.placement.device, self.placement.dtype_name,
+                 ", 4-bit NF4" if self.placement.load_in_4bit else "",
+                 self.slots.capacity, self.config.engine.max_batch_size)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False))
-
-    def prepare_messages(self, messages: Sequence[Message]) -> list[Message]:
-        return trim_messages(messages, self.config.engine.context_tokens, self.count_tokens)
+    # --- public API (event loop) --------------------------------------------------------
+    async def submit(self, request: GenerationRequest) -> Generation:
+        """Route and queue a request; iterate the result for its text."""
+        if self._thread is None:
+            raise EngineError("engine not started: await engine.start() first")
+        route = request.route or await self._resolve(request)
+        job = _Job(request, route, asyncio.get_running_loop(),
+                   self.config.engine.request_timeout_s, self._release)
+        if route.key != BASE_ADAPTER:
+            self.slots.pin(route.key)
+        self._inbox.put(job)
+        return Generation(job, self._release)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield the answer's text as it is produced."""
-        if self.model is None:
-            raise RuntimeError("engine not started: await engine.start() first")
+        generation = await self.submit(request)
+        async for chunk in generation:
+            yield chunk
+
+    async def preload(self, route: Route) -> None:
+        """Load an adapter version ahead of the requests that will use it."""
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-        cancelled = threading.Event()
+        done: asyncio.Future[None] = loop.create_future()
+        self._inbox.put(("load", route, loop, done))
+        await done
 
-        def push(item: str | BaseException | None) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, item)
+    async def promote(self, adapter: str, version: int, reason: str | None = None) -> Route:
+        """Make `version` serve new requests of `adapter`, without a restart.
 
-        future = loop.run_in_executor(self._worker, self._generate_blocking, request, push,
-                                      cancelled)
+        It is loaded first, then marked serving; requests already routed finish on
+        the version they started with. Rolling back is the same call with an older
+        version.
+        """
+        if self.router is None:
+            raise EngineError("promotion needs the engine's router (storage)")
+        route = await self.router.route_for_adapter(adapter, version)
+        started = time.perf_counter()
+        await self.preload(route)
+        await self.router.db.set_serving(adapter, version, reason=reason)
+        log.info("adapter %s now serves version %d (swap took %.0f ms)", adapter, version,
+                 (time.perf_counter() - started) * 1000)
+        return route
+
+    def loaded_adapters(self) -> list[str]:
+        with self.slots.lock:
+            return list(self.slots.loaded)
+
+    async def _resolve(self, request: GenerationRequest) -> Route:
+        if self.router is None:
+            return Route(system_prompt=self.config.model.system_prompt)
+        return await self.router.resolve(request.channel_id, request.guild_id)
+
+    def _release(self, job: _Job) -> None:
+        with self._release_lock:  # the worker (job done) and the loop (cancel) both call it
+            if job.released:
+                return
+            job.released = True
+        if job.route.key != BASE_ADAPTER:
+            self.slots.unpin(job.route.key)
+
+    # --- worker thread ------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            first = self._inbox.get()
+            if first is None:
+                return
+            if isinstance(first, tuple):
+                self._handle_load(*first[1:])
+                continue
+            batch, stop = self._gather(first)
+            groups: dict[tuple, list[_Job]] = collections.defaultdict(list)
+            for job in batch:
+                groups[job.request.sampling.batch_key].append(job)
+            for jobs in groups.values():
+                self._run_batch(jobs)
+            if stop:
+                return
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        """The first job plus whatever arrives within batch_wait_ms, up to the batch size."""
+        batch = [first]
+        deadline = time.monotonic() + self.config.engine.batch_wait_ms / 1000
+        while len(batch) < self.config.engine.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._inbox.get(timeout=max(remaining, 0)) if remaining > 0 \
+                    else self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            if isinstance(item, tuple):
+                self._handle_load(*item[1:])
+                continue
+            batch.append(item)
+        return batch, False
+
+    def _handle_load(self, route: Route, loop: asyncio.AbstractEventLoop,
+                     done: asyncio.Future) -> None:
         try:
-            while True:
-                item = await chunks.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()  # a consumer that stops early frees the worker at the next token
-            await asyncio.shield(future)
+            self._ensure_loaded([route])
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, done, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, None)
 
-    def _generate_blocking(self, request: GenerationRequest,
-                           push: Callable[[str | BaseException | None], None],
-                           cancelled: threading.Event) -> None:
+    def _ensure_loaded(self, routes: list[Route]) -> None:
+        wanted = {r.key: r for r in routes if r.key != BASE_ADAPTER}
+        for key, route in wanted.items():
+            if key in self.slots.loaded:
+                self.slots.touch(key)
+                continue
+            self._load_adapter(route)
+        for victim in self.slots.evictable(keep=set(wanted)):
+            # new versions are loaded before old ones go, so a PeftModel never
+            # runs out of adapters (PEFT cannot generate with none left)
+            self.model.delete_adapter(victim)
+            with self.slots.lock:
+                del self.slots.loaded[victim]
+            log.info("unloaded adapter version %s (least recently used)", victim)
+
+    def _load_adapter(self, route: Route) -> None:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+
+        started = time.perf_counter()
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(route.path), adapter_name=route.key,
+                                        is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(route.path),
+                                                       adapter_name=route.key,
+                                                       is_trainable=False)
+        except Exception as exc:
+            raise AdapterLoadError(f"adapter {route.adapter} v{route.version} at {route.path} "
+                                   f"could not be loaded ({exc}); roll back with "
+                                   f"/adapter rollback {route.adapter}") from exc
+        if route.scale != 1.0:
+            for module in self.model.modules():
+                if isinstance(module, LoraLayer) and route.key in module.scaling:
+                    module.set_scale(route.key, route.scale)
+        self.model.eval()
+        with self.slots.lock:
+            self.slots.loaded[route.key] = route
+        log.info("loaded adapter %s v%s in %.0f ms", route.adapter, route.version,
+                 (time.perf_counter() - started) * 1000)
+
+    def _prompt_ids(self, job: _Job) -> list[int]:
+        messages = list(job.request.messages)
+        if not messages or messages[0].get("role") != "system":
+            prompt = job.route.system_prompt or self.config.model.system_prompt
+            messages = [{"role": "system", "content": prompt}] + messages
+        messages = trim_messages(messages, self.config.engine.context_tokens, self.count_tokens)
+        return self._template(messages)
+
+    def _template(self, messages: Sequence[Message]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False)
+        return list(ids)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self._template(messages))
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
         import torch
-        from transformers import StoppingCriteriaList, TextStreamer
 
-        class QueueStreamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    push(text)
-
+        live = []
+        for job in jobs:
+            if job.abandoned.is_set():
+                job.push(_END)
+            elif time.monotonic() > job.deadline:
+                job.push(GenerationTimeout("the request waited longer than "
+                                           "engine.request_timeout_s before it could start"))
+            else:
+                live.append(job)
+        failed = self._load_for(live)
+        live = [job for job in live if job not in failed]
+        if not live:
+            return
         try:
-            messages = self.prepare_messages(request.messages)
-            inputs = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            ).to(self.model.device)
-            s = request.sampling
+            prompts = [self._prompt_ids(job) for job in live]
+            width = max(len(p) for p in prompts)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            controller = _BatchController(live, self.tokenizer)
+            sampling = live[0].request.sampling
             kwargs: dict[str, Any] = {
-                "max_new_tokens": s.max_new_tokens,
-                "repetition_penalty": s.repetition_penalty,
-                "pad_token_id": self.tokenizer.pad_token_id,
-                "streamer": QueueStreamer(self.tokenizer, skip_prompt=True,
-                                          skip_special_tokens=True),
-                "stopping_criteria": StoppingCriteriaList([_Cancelled(cancelled)]),
+                "max_new_tokens": max(j.request.sampling.max_new_tokens for j in live),
+                "repetition_penalty": sampling.repetition_penalty,
+                "pad_token_id": pad,
+                "streamer": controller,
+                "stopping_criteria": [controller],
             }
-            if s.temperature > 0:
-                kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
+            if sampling.temperature > 0:
+                kwargs.update(do_sample=True, temperature=sampling.temperature,
+                              top_p=sampling.top_p)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if s.stop:
-                kwargs.update(stop_strings=list(s.stop), tokenizer=self.tokenizer)
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):
+                kwargs["adapter_names"] = [job.route.key for job in live]
+            device = self.model.device
+            self.batches_run += 1
+            self.rows_run += len(live)
             with torch.inference_mode():
-                self.model.generate(**inputs, **kwargs)
-        except BaseException as exc:  # handed to the caller, who logs or reports it
-            push(exc)
-        else:
-            push(None)
+                self.model.generate(input_ids=input_ids.to(device),
+                                    attention_mask=attention.to(device), **kwargs)
+            controller.end()
+        except Exception as exc:  # every row of the batch learns why; the engine goes on
+            log.exception("generation failed for a batch of %d", len(live))
+            for job in live:
+                job.push(EngineError(f"generation failed: {exc}"))
+
+    def _load_for(self, jobs: list[_Job]) -> set[_Job]:
+        """Load the versions these jobs need; jobs whose version fails get the error."""
+        failed: set[_Job] = set()
+        by_key: dict[str, list[_Job]] = collections.defaultdict(list)
+        for job in jobs:
+            by_key[job.route.key].append(job)
+        for key, group in by_key.items():
+            if key == BASE_ADAPTER:
+                continue
+            try:
+                self._ensure_loaded([group[0].route])
+            except AdapterLoadError as exc:
+                log.error("%s", exc)
+                for job in group:
+                    job.push(exc)
+                failed.update(group)
+        # evict against the whole batch's needs, now that all of it is loaded
+        self._ensure_loaded([job.route for job in jobs if job not in failed])
+        return failed
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 async def answer_text(engine: Engine, request: GenerationRequest) -> str:
     """The whole answer at once (for callers that do not stream)."""
-    return "".join([chunk async for chunk in engine.generate(request)]).strip()
+    return await (await engine.submit(request)).complete()
+
+
+def with_route(request: GenerationRequest, route: Route) -> GenerationRequest:
+    return replace(request, route=route)

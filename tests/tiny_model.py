@@ -77,3 +77,22 @@ def save_tiny_model(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_random_adapter(base_dir: Path, directory: Path, seed: int, rank: int = 4,
+                        spread: float = 0.5) -> Path:
+    """A LoRA adapter with random, large B weights: its outputs differ visibly from the
+    base model's and from other seeds' (PEFT initialises B to zero, which changes nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                  target_modules="all-linear"))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=spread)
+    peft_model.save_pretrained(directory)
+    return directory

@@ -1,0 +1,325 @@
+"""The engine on the tiny model: streaming, mixed-adapter batches, promotion, LRU, lag."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import pytest
+
+from bot.config import parse_config
+from bot.engine import (
+    AdapterLoadError,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    GenerationTimeout,
+    Sampling,
+    answer_text,
+    trim_messages,
+)
+from bot.routing import AdapterPathError, Route, Router, confined_adapter_path
+from storage import Database
+from tests.tiny_model import save_random_adapter
+
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = Sampling(max_new_tokens=10, repetition_penalty=1.0)
+
+
+def engine_config(tmp_path, model_dir, **engine):
+    lines = "\n".join(f"{k} = {v}" for k, v in engine.items())
+    return parse_config(f'[storage]\ndata_dir = "{tmp_path.as_posix()}/data"\n'
+                        f'[model]\nname = "{model_dir.as_posix()}"\n[engine]\n{lines}\n',
+                        base_dir=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tiny_model_dir, tmp_path_factory):
+    """Six random adapters of the tiny model, written under an adapters directory."""
+    root = tmp_path_factory.mktemp("adapters")
+    return root, [save_random_adapter(tiny_model_dir, root / f"a{i}", seed=i) for i in range(6)]
+
+
+@pytest.fixture
+async def engine_factory(tmp_path, tiny_model_dir):
+    engines = []
+
+    async def make(router=None, **engine_settings) -> Engine:
+        engine = Engine(engine_config(tmp_path, tiny_model_dir, **engine_settings), router)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.close()
+
+
+def route(adapter_dir, name="a", version=1, scale=1.0) -> Route:
+    return Route(adapter=name, version=version, path=adapter_dir, scale=scale)
+
+
+async def alone(engine, request) -> str:
+    return await answer_text(engine, request)
+
+
+# --- streaming ------------------------------------------------------------------------
+
+async def test_chunks_stream_in_order_and_match_plain_generate(engine_factory):
+    import torch
+
+    engine = await engine_factory()
+    generation = await engine.submit(GenerationRequest(1, PROMPT, GREEDY))
+    chunks = [chunk async for chunk in generation]
+    assert len(chunks) > 1 and all(chunks)
+
+    messages = [{"role": "system", "content": engine.config.model.system_prompt}, *PROMPT]
+    inputs = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = engine.model.generate(**inputs, max_new_tokens=10, do_sample=False,
+                                    pad_token_id=engine.tokenizer.pad_token_id)
+    expected = engine.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:],
+                                       skip_special_tokens=True)
+    assert "".join(chunks) == expected
+    assert generation.latency_ms is not None and generation.route.key == "__base__"
+
+
+def test_trim_keeps_system_and_last_turn_drops_oldest_first():
+    messages = [{"role": "system", "content": "S"}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn{i} " * 10}
+        for i in range(7)]
+
+    def count(ms):
+        return sum(len(m["content"].split()) for m in ms)
+
+    trimmed = trim_messages(messages, budget=31, count_tokens=count)
+    assert trimmed == [messages[0]] + messages[-3:]  # 1 + 3 * 10 words fit in 31
+    assert trim_messages(messages, budget=1, count_tokens=count) == [messages[0], messages[-1]]
+
+
+async def test_long_context_is_trimmed_to_the_budget(engine_factory):
+    engine = await engine_factory(context_tokens=64)
+    history = []
+    for i in range(30):
+        history += [{"role": "user", "content": f"question number {i} about apples"},
+                    {"role": "assistant", "content": f"answer {i}"}]
+    messages = history + PROMPT
+    kept = trim_messages([{"role": "system", "content": "S"}, *messages], 64,
+                         engine.count_tokens)
+    assert engine.count_tokens(kept) <= 64 and kept[-1] == PROMPT[-1]
+    assert await answer_text(engine, GenerationRequest(1, messages, GREEDY)) is not None
+
+
+async def test_stop_strings_cut_the_answer(engine_factory, adapter_dirs):
+    _, (a, *_) = adapter_dirs
+    engine = await engine_factory()
+    varied = route(a)  # the bare tiny model only repeats newlines
+    free = await alone(engine, GenerationRequest(1, PROMPT, Sampling(
+        max_new_tokens=24, repetition_penalty=1.0), route=varied))
+    stop = free[len(free) // 2:len(free) // 2 + 2]
+    assert stop.strip(), free
+    chunks = []
+    generation = await engine.submit(GenerationRequest(1, PROMPT, Sampling(
+        max_new_tokens=24, repetition_penalty=1.0, stop=(stop,)), route=varied))
+    async for chunk in generation:
+        chunks.append(chunk)
+    assert "".join(chunks) == free[:free.index(stop)]  # nothing of the stop string leaked
+
+
+async def test_each_row_keeps_its_own_token_limit_in_a_batch(engine_factory, adapter_dirs):
+    _, (a, *_) = adapter_dirs
+    engine = await engine_factory(batch_wait_ms=300)
+    short_request = GenerationRequest(1, PROMPT, Sampling(max_new_tokens=3), route=route(a))
+    long_request = GenerationRequest(1, PROMPT, Sampling(max_new_tokens=12), route=route(a))
+    expected = [await alone(engine, short_request), await alone(engine, long_request)]
+    assert expected[0] != expected[1] and expected[1].startswith(expected[0])
+    before = engine.batches_run
+    short, long = [await engine.submit(r) for r in (short_request, long_request)]
+    assert list(await asyncio.gather(short.complete(), long.complete())) == expected
+    assert engine.batches_run == before + 1
+
+
+# --- adapters ---------------------------------------------------------------------------
+
+async def test_mixed_adapter_batch_equals_each_adapter_alone(engine_factory, adapter_dirs):
+    _, (a, b, *_) = adapter_dirs
+    engine = await engine_factory(batch_wait_ms=300)
+    routes = [route(a, "a"), route(b, "b"), Route()]
+    expected = [await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=r))
+                for r in routes]
+    assert len(set(expected)) == 3, "the adapters must change the output for this test"
+    before = engine.batches_run
+    generations = [await engine.submit(GenerationRequest(1, PROMPT, GREEDY, route=r))
+                   for r in routes]
+    batched = await asyncio.gather(*(g.complete() for g in generations))
+    assert engine.batches_run == before + 1  # one forward pass for all three
+    assert batched == expected
+
+
+async def test_adapter_scale_is_applied_when_serving(engine_factory, adapter_dirs):
+    _, (a, *_) = adapter_dirs
+    engine = await engine_factory()
+    base = await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=Route()))
+    full = await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=route(a, "a")))
+    zero = await alone(engine, GenerationRequest(1, PROMPT, GREEDY,
+                                                 route=route(a, "z", scale=0.0)))
+    assert full != base
+    assert zero == base  # a LoRA scaled by 0 is the base model
+
+
+async def test_lru_keeps_memory_bounded_over_50_switches(engine_factory, adapter_dirs):
+    _, dirs = adapter_dirs
+    engine = await engine_factory(max_loaded_adapters=3)
+    counts = []
+    for i in range(50):
+        r = route(dirs[i % len(dirs)], f"a{i % len(dirs)}", version=1)
+        await alone(engine, GenerationRequest(1, PROMPT, Sampling(max_new_tokens=2), route=r))
+        assert len(engine.loaded_adapters()) <= 3
+        assert len(engine.model.peft_config) <= 3
+        counts.append(sum(p.numel() for p in engine.model.parameters()))
+    assert engine.loaded_adapters()[-1] == f"a{49 % len(dirs)}__v1"
+    assert max(counts[3:]) == min(counts[3:])  # parameters stop growing once full
+
+
+async def test_broken_adapter_fails_only_its_own_requests(engine_factory, adapter_dirs,
+                                                          tmp_path):
+    _, (a, *_) = adapter_dirs
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    engine = await engine_factory(batch_wait_ms=300)
+    bad = await engine.submit(GenerationRequest(1, PROMPT, GREEDY, route=route(broken, "bad")))
+    good = await engine.submit(GenerationRequest(1, PROMPT, GREEDY, route=route(a, "a")))
+    with pytest.raises(AdapterLoadError, match="bad v1 .* could not be loaded"):
+        await bad.complete()
+    assert await good.complete()
+    assert "bad__v1" not in engine.loaded_adapters()
+
+
+# --- routing, promotion ----------------------------------------------------------------
+
+@pytest.fixture
+async def routed(tmp_path, tiny_model_dir, adapter_dirs, engine_factory):
+    """An engine whose router reads a real database; adapter 'faq' v1 serves channel 7."""
+    root, dirs = adapter_dirs
+    config = engine_config(tmp_path, tiny_model_dir)
+    config = parse_config(f'[storage]\ndata_dir = "{tmp_path.as_posix()}/data"\n'
+                          f'adapters_dir = "{root.as_posix()}"\n'
+                          f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
+                          '[discord]\nchannel_system_prompt = { "8" = "Channel eight." }\n',
+                          base_dir=tmp_path)
+    async with Database(config.database_path) as db:
+        await db.create_adapter("faq", "tiny", system_prompt="You answer FAQ questions.")
+        await db.add_version("faq", path=dirs[0].name, status="serving")
+        await db.add_version("faq", path=dirs[1].name)
+        await db.bind_channel(7, "faq", guild_id=1)
+        router = Router(config, db)
+        engine = Engine(config, router)
+        await engine.start()
+        yield engine, router, db, dirs
+        await engine.close()
+
+
+async def test_router_resolves_channel_version_and_prompt(routed):
+    _, router, db, dirs = routed
+    bound = await router.resolve(7, guild_id=1)
+    assert (bound.adapter, bound.version, bound.key) == ("faq", 1, "faq__v1")
+    assert bound.path == dirs[0] and bound.system_prompt == "You answer FAQ questions."
+    unbound = await router.resolve(9, guild_id=2)
+    assert unbound.key == "__base__" and unbound.system_prompt.startswith("You are a helpful")
+    assert (await router.resolve(8)).system_prompt == "Channel eight."
+    await db.set_guild_default(2, "faq")
+    assert (await router.resolve(9, guild_id=2)).key == "faq__v1"
+
+
+def test_adapter_paths_are_confined(tmp_path):
+    root = tmp_path / "adapters"
+    assert confined_adapter_path(root, "faq/v1") == (root / "faq" / "v1").resolve()
+    for bad in ("../outside", "/etc", "faq/../../x"):
+        with pytest.raises(AdapterPathError, match="outside the adapters directory"):
+            confined_adapter_path(root, bad)
+
+
+async def test_promotion_during_20_concurrent_requests(routed):
+    engine, router, db, dirs = routed
+    v1_alone = await alone(engine, GenerationRequest(7, PROMPT, GREEDY))
+    v2_alone = await alone(engine, GenerationRequest(
+        7, PROMPT, GREEDY, route=await router.route_for_adapter("faq", 2, channel_id=7)))
+    assert v1_alone != v2_alone
+
+    async def ask(delay: float):
+        await asyncio.sleep(delay)
+        generation = await engine.submit(GenerationRequest(7, PROMPT, GREEDY))
+        return generation.route.version, await generation.complete()
+
+    asks = [asyncio.create_task(ask(i * 0.01)) for i in range(20)]
+    await asyncio.sleep(0.1)
+    await engine.promote("faq", 2, reason="test")
+    results = await asyncio.gather(*asks)  # raises if any request failed
+
+    versions = [version for version, _ in results]
+    assert set(versions) == {1, 2}, versions
+    assert versions == sorted(versions)  # once promoted, new requests never go back
+    for version, text in results:  # each was really served by the version it recorded
+        assert text == (v1_alone if version == 1 else v2_alone)
+    assert (await db.serving_version("faq")).version == 2
+    await engine.promote("faq", 1)  # rollback is the same operation
+    assert (await engine.submit(GenerationRequest(7, PROMPT, GREEDY))).route.version == 1
+
+
+# --- cancellation, timeouts, errors, responsiveness --------------------------------------
+
+async def test_abandoned_request_frees_the_worker(engine_factory):
+    engine = await engine_factory()
+    generation = await engine.submit(GenerationRequest(
+        1, PROMPT, Sampling(max_new_tokens=900, repetition_penalty=1.0)))
+    stream = generation.__aiter__()
+    assert await anext(stream)
+    started = time.perf_counter()
+    await stream.aclose()  # the consumer goes away after one chunk
+    text = await asyncio.wait_for(alone(engine, GenerationRequest(1, PROMPT, GREEDY)), 30)
+    assert text is not None
+    assert engine.rows_run == 2
+    assert time.perf_counter() - started < 30
+
+
+async def test_timeout_cuts_a_request_and_says_so(engine_factory):
+    engine = await engine_factory()
+    generation = await engine.submit(GenerationRequest(
+        1, PROMPT, Sampling(max_new_tokens=900, repetition_penalty=1.0)))
+    generation._job.deadline = time.monotonic() + 0.05  # as if request_timeout_s ran out
+    with pytest.raises(GenerationTimeout, match="cut off after"):
+        await generation.complete()
+    assert await alone(engine, GenerationRequest(1, PROMPT, GREEDY)) is not None
+
+
+async def test_generation_errors_reach_the_caller_and_the_engine_goes_on(engine_factory):
+    engine = await engine_factory()
+    bad = GenerationRequest(1, PROMPT, Sampling(max_new_tokens=4, top_p=-3.0, temperature=0.7))
+    with pytest.raises(EngineError, match="top_p"):
+        await answer_text(engine, bad)
+    assert await answer_text(engine, GenerationRequest(1, PROMPT, GREEDY)) is not None
+
+
+async def test_event_loop_stays_responsive_while_generating(engine_factory):
+    engine = await engine_factory()
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker():
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - before - 0.005)
+
+    tick = asyncio.create_task(ticker())
+    generations = [await engine.submit(GenerationRequest(
+        i, PROMPT, Sampling(max_new_tokens=200, repetition_penalty=1.0))) for i in range(8)]
+    await asyncio.gather(*(g.complete() for g in generations))
+    stop.set()
+    await tick
+    assert len(lags) > 10
+    # generous bound for a loaded CI machine; bench/engine.py reports the real figures
+    assert max(lags) < 0.5, f"max lag {max(lags):.3f}s, median {statistics.median(lags):.4f}s"
