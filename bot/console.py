@@ -31,6 +31,7 @@ HELP = """Type a question and press Enter. Commands:
   /adapter use NAME           answer with adapter NAME from now on (/adapter use base: none)
   /adapter create NAME        a new, untrained adapter
   /adapter info NAME          its versions and their metrics
+  /adapter prompt NAME TEXT   its system prompt (/adapter prompt NAME -: the default)
   /adapter rollback NAME [V]  serve an earlier version again (default: the one before)
   /review                     the next pair waiting for review
   /review approve|reject [ID] decide on it (default: the pair shown by /review)
@@ -166,11 +167,16 @@ class ConsoleChat:
                 self.say(f"  v{v.version} {v.status} ({v.created_at[:16]}) {metrics}")
             channels = await self.db.channels_of(args[1])
             self.say(f"  bound to channels: {', '.join(map(str, channels)) or 'none'}")
+        elif action == "prompt" and len(args) >= 3:
+            text = " ".join(args[2:])
+            await self.db.set_system_prompt(args[1], None if text == "-" else text)
+            self.say(f"{args[1]} now answers with "
+                     f"{'the default system prompt' if text == '-' else 'your system prompt'}")
         elif action == "rollback" and len(args) in (2, 3):
             await self.rollback(args[1], int(args[2]) if len(args) == 3 else None)
         else:
             self.say("usage: /adapter list | use NAME | create NAME | info NAME | "
-                     "rollback NAME [VERSION]")
+                     "prompt NAME TEXT | rollback NAME [VERSION]")
 
     async def rollback(self, name: str, version: int | None) -> None:
         serving = await self.db.serving_version(name)

@@ -118,6 +118,7 @@ class _Job:
         self.abandoned = threading.Event()
         self.deadline = time.monotonic() + timeout_s
         self.finished = False
+        self.token_count = 0
 
     def push(self, item: str | BaseException | _End) -> None:
         if self.finished:
@@ -155,6 +156,11 @@ class Generation:
             self.latency_ms = (time.perf_counter() - self.started) * 1000
         finally:
             self.cancel()
+
+    @property
+    def token_count(self) -> int:
+        """Tokens generated so far (the final count once the stream has ended)."""
+        return self._job.token_count
 
     def cancel(self) -> None:
         """Abandon the request: it stops at its next token and frees its slot."""
@@ -233,6 +239,7 @@ class _BatchController:
                 self._finish(row)
                 continue
             self.tokens[row].append(token)
+            self.jobs[row].token_count = len(self.tokens[row])
             limit = self.jobs[row].request.sampling.max_new_tokens
             self._emit(row, final=len(self.tokens[row]) >= limit)
 
@@ -461,6 +468,11 @@ class Engine:
         for victim in self.slots.evictable(keep=set(wanted)):
             # new versions are loaded before old ones go, so a PeftModel never
             # runs out of adapters (PEFT cannot generate with none left)
+            if victim in self.model.active_adapters:
+                # requests name their adapter (adapter_names=); PEFT's "active" one is
+                # only moved so that deleting this one is not a warning each time
+                survivor = next(k for k in self.slots.loaded if k != victim)
+                self.model.set_adapter(survivor)
             self.model.delete_adapter(victim)
             with self.slots.lock:
                 del self.slots.loaded[victim]

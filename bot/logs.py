@@ -67,3 +67,6 @@ def configure_logging(level: str = "INFO") -> None:
     # these are chatty at INFO and say nothing a bot operator needs
     for noisy in ("httpx", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # bitsandbytes suggests a CPU kernel fetched from a hub at run time; we never
+    # download at run time, so the suggestion is noise on every start
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -135,6 +135,12 @@ class Database:
     async def adapter_names(self) -> list[str]:
         return [r["name"] for r in await self._all(q.LIST_ADAPTER_NAMES)]
 
+    async def set_system_prompt(self, adapter: str, prompt: str | None) -> None:
+        """The adapter's own system prompt (None: the configured default)."""
+        await self.require_adapter(adapter)
+        async with self._write() as conn:
+            await conn.execute(q.SET_SYSTEM_PROMPT, (prompt or None, adapter))
+
     async def add_version(self, adapter: str, *, path: str, metrics: dict[str, Any] | None = None,
                           status: str = "candidate", scale: float = 1.0,
                           reason: str | None = None, run_id: int | None = None) -> AdapterVersion:

@@ -11,6 +11,7 @@ INSERT INTO adapters (name, base_model, description, system_prompt, based_on, cr
 VALUES (?, ?, ?, ?, ?, ?)"""
 SELECT_ADAPTER = "SELECT * FROM adapters WHERE name = ?"
 LIST_ADAPTERS = "SELECT * FROM adapters ORDER BY name"
+SET_SYSTEM_PROMPT = "UPDATE adapters SET system_prompt = ? WHERE name = ?"
 LIST_ADAPTER_NAMES = "SELECT name FROM adapters ORDER BY name"
 
 _VERSION_COLUMNS = """

@@ -71,6 +71,13 @@ async def test_adapters_from_the_console(console, tiny_model_dir, tiny_config):
     turn = await db.get_turn(1)
     assert (turn.adapter_name, turn.adapter_version) == ("faq", None)
 
+    out = await run("/adapter prompt faq Only talk about apples.\n")
+    assert "faq now answers with your system prompt" in out
+    router = Router(tiny_config, db)
+    assert (await router.resolve(0)).system_prompt == "Only talk about apples."
+    await run("/adapter prompt faq -\n")
+    assert (await router.resolve(0)).system_prompt == tiny_config.model.system_prompt
+
     for version in (1, 2):  # two trained versions; v2 serves
         path = save_random_adapter(tiny_model_dir, tiny_config.adapters_dir / f"faq/v{version}",
                                    seed=version)
