@@ -63,6 +63,42 @@ async def run_console(config) -> int:
         heartbeat.cancel()
 
 
+async def run_discord(config, token: str) -> int:
+    import discord
+
+    from .discord_bot import ChannelBot
+    from .engine import Engine
+    from .routing import Router
+
+    heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
+    try:
+        async with Database(config.database_path,
+                            busy_timeout_ms=config.storage.busy_timeout_ms) as db:
+            router = Router(config, db)
+            engine = Engine(config, router)
+            bot = ChannelBot(config, db, engine, router)
+            try:
+                await bot.login(token)  # a wrong token fails here, before the model loads
+                await engine.start()
+                await bot.connect()
+            except discord.LoginFailure:
+                print("error: Discord refused DISCORD_TOKEN (401 Unauthorized): copy the bot "
+                      "token again from the Developer Portal (Bot → Reset Token)",
+                      file=sys.stderr)
+                return 1
+            except discord.PrivilegedIntentsRequired:
+                print("error: the Message Content intent is not enabled for this bot: turn it "
+                      "on in the Developer Portal (Bot → Privileged Gateway Intents)",
+                      file=sys.stderr)
+                return 1
+            finally:
+                await bot.close()
+                await engine.close()
+    finally:
+        heartbeat.cancel()
+    return 0
+
+
 def healthcheck(config) -> int:
     path = config.data_dir / HEARTBEAT_FILE
     try:
@@ -91,12 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "run"
     if command == "healthcheck":
         return healthcheck(config)
-    if command == "run" and token:
-        print("error: DISCORD_TOKEN is set, but the Discord client is not built yet "
-              "(issue 5); unset it to use the console chat (`python -m bot chat`)",
-              file=sys.stderr)
-        return 2
     try:
+        if command == "run" and token:
+            return asyncio.run(run_discord(config, token))
         return asyncio.run(run_console(config))
     except (ModelError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -302,6 +302,17 @@ class Database:
                 raise StorageError(f"answer {turn_id} is not a review candidate")
         return await self.get_review(turn_id)
 
+    async def count_pending_at_least(self, min_score: int, adapter: str | None = None) -> int:
+        return (await self._one(q.COUNT_PENDING_AT_LEAST, (adapter, adapter, min_score)))[0]
+
+    async def approve_pending_at_least(self, min_score: int, *, reviewer_id: int,
+                                       adapter: str | None = None) -> int:
+        """Bulk approval: every pending pair whose net score is at least `min_score`."""
+        async with self._write() as conn:
+            cursor = await conn.execute(q.APPROVE_PENDING_AT_LEAST,
+                                        (reviewer_id, adapter, adapter, min_score))
+            return cursor.rowcount
+
     async def approved_pairs(self, adapter: str | None = None) -> list[Pair]:
         return [Pair.from_row(r) for r in await self._all(q.APPROVED_PAIRS, (adapter, adapter))]
 

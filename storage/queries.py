@@ -91,6 +91,13 @@ SELECT COUNT(*) FROM review WHERE status = ? AND (? IS NULL OR adapter_name = ?)
 DECIDE_REVIEW = """
 UPDATE review SET status = ?, edited_answer = ?, reviewer_id = ?, reviewed_at = """ + NOW + """
 WHERE turn_id = ?"""
+_PENDING_AT_LEAST = """
+FROM review WHERE status = 'pending' AND (? IS NULL OR adapter_name = ?)
+    AND (SELECT COALESCE(SUM(value), 0) FROM feedback WHERE turn_id = review.turn_id) >= ?"""
+COUNT_PENDING_AT_LEAST = "SELECT COUNT(*) " + _PENDING_AT_LEAST
+APPROVE_PENDING_AT_LEAST = """
+UPDATE review SET status = 'approved', reviewer_id = ?, reviewed_at = """ + NOW + """
+WHERE turn_id IN (SELECT turn_id """ + _PENDING_AT_LEAST + ")"
 APPROVED_PAIRS = """
 SELECT t.id AS turn_id, t.question, COALESCE(r.edited_answer, t.answer) AS answer,
        r.adapter_name, t.channel_id, t.context, t.created_at,

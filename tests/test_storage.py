@@ -176,6 +176,24 @@ async def test_review_decisions_and_edited_answer_wins(db):
         await db.decide_review(ids[0], "approved", reviewer_id=9, edited_answer="  ")
 
 
+async def test_bulk_approval_by_score(db):
+    await db.create_adapter("faq", "base")
+    scores = {}
+    for i, votes in enumerate([1, 2, 3, 3]):
+        turn = await db.record_turn(channel_id=1, author_id=1, question=f"q{i}", answer="a",
+                                    adapter_name="faq" if i < 3 else None)
+        for user in range(votes):
+            await db.cast_vote(turn, user, 1, min_score=1)
+        scores[turn] = votes
+    assert await db.count_pending_at_least(2) == 3
+    assert await db.count_pending_at_least(2, "faq") == 2
+    assert await db.approve_pending_at_least(2, reviewer_id=9, adapter="faq") == 2
+    approved = await db.approved_pairs("faq")
+    assert sorted(scores[p.turn_id] for p in approved) == [2, 3]
+    assert [(await db.get_review(p.turn_id)).reviewer_id for p in approved] == [9, 9]
+    assert await db.count_reviews("pending") == 2  # score 1 and the other adapter's pair
+
+
 async def test_export_round_trip(db, tmp_path):
     await db.create_adapter("faq", "base")
     samples = [("Où est la tour Eiffel ?", "À Paris.\nSur le Champ-de-Mars."),
