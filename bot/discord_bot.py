@@ -16,11 +16,12 @@ from storage import Database
 from .config import Config
 from .engine import Engine
 from .routing import Router
+from .training import TrainingService
 
 log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.chat", "bot.cogs.feedback", "bot.cogs.adapters", "bot.cogs.review",
-        "bot.cogs.data")
+        "bot.cogs.data", "bot.cogs.training")
 
 # the model's text never pings anyone: no @everyone/@here, no roles, no users;
 # only the person the bot replies to is notified
@@ -48,6 +49,7 @@ class ChannelBot(commands.Bot):
         self.db = db
         self.engine = engine
         self.router = router
+        self.training = TrainingService(config, db, engine)
 
     async def setup_hook(self) -> None:
         for name in COGS:
@@ -69,6 +71,9 @@ class ChannelBot(commands.Bot):
         if not self.config.discord.dev_guild_ids:
             log.warning("discord.command_sync = 'guild' but discord.dev_guild_ids is empty: "
                         "no slash commands were synced; add your server's id or use 'global'")
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands here (only slash commands); the chat cog listens instead."""
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%d) to %d servers", self.user, self.user.id,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
+import aiohttp
 import discord
 from discord.ext import commands
 
 from ..engine import EngineError, Generation, GenerationRequest, GenerationTimeout, Sampling
-from ..text import CURSOR, split_message, strip_bot_mention
+from ..text import CURSOR, DISCORD_LIMIT, split_message, strip_bot_mention
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class AnswerMessages:
         if not final and now - self.last_edit < self.interval:
             return  # Discord allows about five edits per five seconds per channel
         self.last_edit = now
-        pieces = split_message(text) or ["…"]
+        # room for the cursor, and the same cut while streaming as at the end
+        pieces = split_message(text, DISCORD_LIMIT - len(CURSOR)) or ["…"]
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
             content = piece if final or not last else piece + CURSOR
@@ -58,7 +60,8 @@ class AnswerMessages:
     async def _edit(self, index: int, content: str) -> None:
         try:
             await self.messages[index].edit(content=content)
-        except discord.HTTPException as exc:  # a lost edit is not a lost answer
+        except (discord.HTTPException, aiohttp.ClientError) as exc:  # a lost edit is not a
+            # lost answer: the next edit (or the final one) carries the whole text again
             log.warning("editing answer message failed (%s); the next edit will catch up", exc)
             return
         self.shown[index] = content
