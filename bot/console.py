@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
@@ -18,6 +19,7 @@ from storage import Database, StorageError
 
 from .config import Config
 from .engine import Engine, EngineError, GenerationRequest, Sampling
+from .training import TrainingBusy, TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ HELP = """Type a question and press Enter. Commands:
   /review approve|reject [ID] decide on it (default: the pair shown by /review)
   /review edit ID TEXT        approve with a corrected answer
   /stats                      answers, votes, pairs, adapters
-  /train                      train the adapter on its approved pairs
+  /train [NAME]               train this console's adapter (or NAME) on its approved pairs
   /help                       this text
   /quit                       leave (end of input does the same)"""
 
@@ -51,6 +53,7 @@ class ConsoleChat:
         self.history: list[dict[str, str]] = []
         self.last_turn: int | None = None
         self.shown_review: int | None = None
+        self.training = TrainingService(config, engine=engine, db=db)
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
             "/adapter": self.adapter, "/review": self.review, "/stats": self.stats,
@@ -225,8 +228,31 @@ class ConsoleChat:
         self.say("  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
 
     async def train(self, args: list[str]) -> None:
-        self.say("training is not available yet: the trainer and its scheduler are still "
-                 "being built. Approved pairs are kept and will train the first version.")
+        adapter = args[0] if args else None
+        if adapter is None:
+            bound = await self.db.resolve_adapter_for(CONSOLE_CHANNEL_ID)
+            if bound is None:
+                self.say("which adapter? /train NAME, or /adapter use NAME first")
+                return
+            adapter = bound.name
+        try:
+            run = await self.training.start(adapter, trigger="manual",
+                                            requested_by=CONSOLE_USER_ID)
+        except TrainingBusy as exc:
+            self.say(f"error: {exc}")
+            return
+        self.say(f"training {adapter} (run {run.id})…")
+        last = 0.0
+
+        async def on_event(event: dict) -> None:
+            nonlocal last
+            if event.get("event") == "eval" or time.monotonic() - last > 10:
+                last = time.monotonic()
+                if self.training.active is not None:
+                    self.say(f"  {self.training.active.progress()}")
+
+        outcome = await self.training.follow(on_event)
+        self.say(outcome.summary())
 
     async def help(self, args: list[str]) -> None:
         self.say(HELP)

@@ -1,0 +1,120 @@
+"""/train start|status|cancel: the same run path as the nightly schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..permissions import admin_only
+from ..training import Outcome, TrainingBusy
+from ._common import adapter_names, reply, report_error
+
+log = logging.getLogger(__name__)
+
+EDIT_EVERY_S = 5.0
+
+
+class Training(commands.Cog):
+    train = app_commands.Group(name="train", description="Fine-tune an adapter on its "
+                               "approved pairs", default_permissions=discord.Permissions(
+                                   manage_guild=True))
+
+    def __init__(self, bot):
+        self.bot = bot
+        self.config = bot.config
+        self.db = bot.db
+        self.service = bot.training
+        self.followers: set[asyncio.Task] = set()
+
+    async def cog_app_command_error(self, interaction, error) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, TrainingBusy):
+            await reply(interaction, f"⏳ {original}")
+            return
+        await report_error(interaction, error)
+
+    @train.command(name="start", description="Train now on the approved pairs")
+    @app_commands.describe(adapter="The adapter to train (default: this channel's)")
+    @app_commands.autocomplete(adapter=adapter_names)
+    @admin_only()
+    async def start(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
+        if adapter is None:
+            here = await self.db.resolve_adapter_for(interaction.channel_id,
+                                                     interaction.guild_id)
+            if here is None:
+                await reply(interaction, "This channel has no adapter: name one, or bind one "
+                            "with `/adapter use`.")
+                return
+            adapter = here.name
+        await interaction.response.defer(thinking=True)
+        run = await self.service.start(adapter, trigger="manual",
+                                       requested_by=interaction.user.id)
+        message = await interaction.followup.send(
+            f"🏋️ Training **{adapter}** (run {run.id}) on its approved pairs…", wait=True)
+        task = asyncio.create_task(self.report(message, adapter))
+        self.followers.add(task)
+        task.add_done_callback(self.followers.discard)
+
+    async def report(self, message: discord.WebhookMessage, adapter: str) -> None:
+        last_edit = 0.0
+
+        async def on_event(event: dict) -> None:
+            nonlocal last_edit
+            if event.get("event") not in ("step", "eval") or self.service.active is None:
+                return
+            if time.monotonic() - last_edit < EDIT_EVERY_S:
+                return  # progress is a glance, not a stream
+            last_edit = time.monotonic()
+            await message.edit(content=f"🏋️ Training {self.service.active.progress()}")
+
+        outcome = await self.service.follow(on_event)
+        await self.finish(message, outcome)
+
+    async def finish(self, message: discord.WebhookMessage, outcome: Outcome) -> None:
+        icon = {"succeeded": "✅" if outcome.promoted else "🟡", "cancelled": "⏹️"}.get(
+            outcome.status, "❌")
+        text = f"{icon} {outcome.summary()}"
+        files = []
+        if outcome.loss_curve is not None:
+            files.append(discord.File(outcome.loss_curve, filename="loss_curve.png"))
+        try:
+            await message.edit(content=text, attachments=files)
+        except discord.HTTPException as exc:
+            log.warning("could not post the training result: %s", exc)
+        target = (self.config.discord.announce_channel_id if outcome.promoted
+                  else self.config.discord.admin_channel_id)
+        channel = self.bot.get_channel(target) if target else None
+        if channel is not None and channel.id != message.channel.id:
+            await channel.send(text)
+
+    @train.command(name="status", description="The training run going on, and the last ones")
+    @admin_only()
+    async def status(self, interaction: discord.Interaction) -> None:
+        lines = []
+        if self.service.active is not None:
+            lines.append(f"Running: {self.service.active.progress()}")
+        for run in await self.db.list_runs(limit=5):
+            lines.append(f"run {run.id} · {run.adapter} · {run.status}"
+                         + (f" · v{run.version}" if run.version else "")
+                         + (f" · {run.error[:120]}" if run.error else ""))
+        await reply(interaction, "\n".join(lines) or "No training runs yet.")
+
+    @train.command(name="cancel", description="Stop the training run going on")
+    @admin_only()
+    async def cancel(self, interaction: discord.Interaction) -> None:
+        if self.service.active is None:
+            await reply(interaction, "No training run is going on.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.service.cancel()
+        await reply(interaction, "Stopped; the run is recorded as cancelled and the serving "
+                    "version is unchanged.")
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Training(bot))

@@ -1,0 +1,210 @@
+"""Training runs started by the bot: a child process, its progress, its outcome.
+
+`python -m trainer train --from-db --events --promote` runs as a child at low
+CPU priority, so the bot keeps answering and a crash of the run cannot take
+the bot down. Its JSON-lines events are relayed to whoever asked (Discord
+message edits, console lines). When the gate promotes the new version, the
+engine loads it and it serves the next request — no restart. One run at a
+time per bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage import Database, TrainingRun
+
+from .config import TOKEN_ENV, Config
+from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+CANCEL_GRACE_S = 60
+
+
+class TrainingBusy(RuntimeError):
+    pass
+
+
+@dataclass
+class Outcome:
+    run_id: int
+    adapter: str
+    status: str  # succeeded, failed, cancelled
+    version: int | None = None
+    promoted: bool = False
+    reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    loss_curve: Path | None = None
+    error: str | None = None
+
+    def summary(self) -> str:
+        if self.status == "cancelled":
+            return f"Training of {self.adapter} was cancelled (run {self.run_id})."
+        if self.status != "succeeded":
+            return f"Training of {self.adapter} failed (run {self.run_id}): {self.error}"
+        numbers = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
+                            if isinstance(v, float) and k.startswith(("eval", "held", "val")))
+        verdict = ("promoted: it serves from now on" if self.promoted
+                   else f"kept as a candidate: {self.reason}")
+        return f"{self.adapter} v{self.version} trained ({numbers or 'no metrics'}); {verdict}."
+
+
+@dataclass
+class ActiveRun:
+    run: TrainingRun
+    process: asyncio.subprocess.Process
+    started: float
+    last: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+
+    def progress(self) -> str:
+        step, total = self.last.get("step"), self.last.get("total")
+        loss = self.last.get("loss")
+        parts = [f"{self.run.adapter}: run {self.run.id}"]
+        if step is not None and total:
+            parts.append(f"step {step}/{total}")
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.4f}")
+        parts.append(f"{time.monotonic() - self.started:.0f} s")
+        return " · ".join(parts)
+
+
+class TrainingService:
+    def __init__(self, config: Config, db: Database, engine: Engine):
+        self.config = config
+        self.db = db
+        self.engine = engine
+        self.active: ActiveRun | None = None
+        self._lock = asyncio.Lock()
+
+    def command(self, adapter: str, run_id: int, trigger: str) -> list[str]:
+        return [sys.executable, "-m", "trainer", "train", "--from-db", "--adapter", adapter,
+                "--events", "--promote", "--run-id", str(run_id), "--trigger", trigger,
+                "--config", self.config.source]
+
+    def stderr_path(self, run_id: int) -> Path:
+        return self.config.data_dir / "logs" / f"training-run-{run_id}.stderr.log"
+
+    def child_environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}  # the run needs no token
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def start(self, adapter: str, *, trigger: str = "manual",
+                    requested_by: int | None = None) -> TrainingRun:
+        """Record and launch a run; raises TrainingBusy while another one runs."""
+        async with self._lock:
+            if self.active is not None:
+                raise TrainingBusy(f"a training run is already going ({self.active.progress()});"
+                                   f" wait for it or cancel it")
+            await self.db.require_adapter(adapter)
+            if not await self.db.approved_pairs(adapter):
+                raise ValueError(f"{adapter} has no approved pairs to train on yet: vote with "
+                                 f"👍 and approve pairs with /review first")
+            run = await self.db.create_run(adapter, trigger=trigger, requested_by=requested_by)
+            stderr_path = self.stderr_path(run.id)
+            stderr_path.parent.mkdir(parents=True, exist_ok=True)
+            with stderr_path.open("wb") as stderr:
+                process = await asyncio.create_subprocess_exec(
+                    *self.command(adapter, run.id, trigger), stdout=asyncio.subprocess.PIPE,
+                    stderr=stderr, env=self.child_environment())
+            _lower_priority(process.pid)
+            self.active = ActiveRun(run, process, time.monotonic())
+            log.info("training %s: run %d started as process %d", adapter, run.id, process.pid)
+            return run
+
+    async def follow(self, on_event: EventHandler | None = None) -> Outcome:
+        """Relay the active run's events until it ends; then hot-load what it promoted."""
+        active = self.active
+        if active is None:
+            raise RuntimeError("no training run is active")
+        done: dict[str, Any] = {}
+        gate: dict[str, Any] = {}
+        error: str | None = None
+        try:
+            assert active.process.stdout is not None
+            async for raw in active.process.stdout:
+                try:
+                    event = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue  # not an event line
+                active.last = event
+                kind = event.get("event")
+                if kind == "done":
+                    done = event
+                elif kind == "gate":
+                    gate = event
+                elif kind == "error":
+                    error = event.get("message")
+                if on_event is not None:
+                    try:
+                        await on_event(event)
+                    except Exception:
+                        log.exception("a training progress handler failed")
+            code = await active.process.wait()
+        finally:
+            self.active = None
+        run = await self.db.get_run(active.run.id)
+        status = run.status
+        if status in ("running", "queued"):  # the child died without saying why
+            status = "cancelled" if active.cancelled else "failed"
+            error = error or (f"the training process exited with code {code}: "
+                              f"{_last_line(self.stderr_path(run.id))}")
+            await self.db.update_run(run.id, status=status, error=error,
+                                     finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                               time.gmtime()))
+        outcome = Outcome(run.id, run.adapter, status, version=done.get("version"),
+                          promoted=bool(gate.get("promoted")), reason=gate.get("reason"),
+                          metrics=done.get("metrics") or {}, error=error or run.error)
+        if done.get("path"):
+            curve = Path(done["path"]) / "loss_curve.png"
+            outcome.loss_curve = curve if curve.exists() else None
+        if outcome.promoted and outcome.version is not None:
+            await self.engine.promote(outcome.adapter, outcome.version,
+                                      reason=outcome.reason or "promoted by the gate")
+        log.info("training run %d ended: %s", run.id, outcome.summary())
+        return outcome
+
+    async def cancel(self) -> bool:
+        """Stop the active run cleanly (the trainer records it as cancelled)."""
+        active = self.active
+        if active is None:
+            return False
+        active.cancelled = True
+        with contextlib.suppress(ProcessLookupError):
+            active.process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(active.process.wait(), CANCEL_GRACE_S)
+        except TimeoutError:
+            log.warning("training run %d ignored SIGINT for %d s; killing it",
+                        active.run.id, CANCEL_GRACE_S)
+            with contextlib.suppress(ProcessLookupError):
+                active.process.kill()
+        return True
+
+
+def _lower_priority(pid: int) -> None:
+    # after the spawn, not in preexec_fn: that is unsafe in a process with threads
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, 10)  # answers first, training with what is left
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"
