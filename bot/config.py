@@ -180,6 +180,15 @@ class TrainingConfig:
     max_regression: float = setting(0.05, "Largest relative rise in held-out loss a new "
                                     "version may show and still be promoted.", min=0.0, max=10.0)
     seed: int = setting(42, "Random seed for splits, sampling and initialisation.", min=0)
+    eval_fraction: float = setting(0.1, "Share of the remaining (not held-out) pairs used for "
+                                   "validation during a run: early stopping and the best "
+                                   "weights.", min=0.0, max=0.5)
+    eval_every: int = setting(50, "Optimiser steps between validations; 0 = only at the end.",
+                              min=0)
+    early_stopping_patience: int = setting(3, "Validations without a better loss before a run "
+                                           "stops early; 0 = never stop early.", min=0)
+    checkpoint_every: int = setting(100, "Optimiser steps between checkpoints that "
+                                    "`--resume` continues from; 0 = none.", min=0)
 
 
 @dataclass(frozen=True)
@@ -324,6 +333,34 @@ def parse_config(text: str, *, source: str = "config.toml", base_dir: Path | Non
     if problems:
         raise ConfigError(problems)
     return Config(base_dir=(base_dir or Path.cwd()), source=source, **sections)
+
+
+def dump_toml(config: Config) -> str:
+    """The effective settings as TOML, paths made absolute: what a child process (the
+    trainer) must see to work on the same database, adapters and model."""
+    lines = [f"# effective settings of a running bot (from {config.source})"]
+    for section in SECTIONS:
+        lines.append(f"\n[{section}]")
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            if (section, key) == ("storage", "data_dir"):
+                value = str(config.data_dir)
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def describe_settings() -> list[tuple[str, str, Any, str]]:

@@ -26,6 +26,8 @@ INSERT INTO adapter_versions (adapter_id, version, path, status, scale, metrics,
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 RETIRE_SERVING = """
 UPDATE adapter_versions SET status = 'retired' WHERE adapter_id = ? AND status = 'serving'"""
+SET_VERSION_REASON = """
+UPDATE adapter_versions SET reason = ? WHERE adapter_id = ? AND version = ?"""
 MAKE_SERVING = """
 UPDATE adapter_versions SET status = 'serving', reason = COALESCE(?, reason)
 WHERE adapter_id = ? AND version = ?"""

@@ -1,0 +1,280 @@
+"""A training run end to end: data → recipe → version directory → storage rows.
+
+This is what `python -m trainer train` runs (and what the bot starts as a child
+process). It records a training_runs row (running → succeeded/failed, with the
+pid, log file, version and metrics), holds a per-adapter lock so two runs of
+one adapter never race for a version number, writes the version atomically and
+adds its row as a `candidate`; with `promote=True` the gate then decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage import SyncStore, validate_adapter_name
+
+from . import modeling
+from . import store as st
+from .data import DataError, Example, build_splits, data_hash, load_from_db, read_examples
+from .train import CHECKPOINT_FILE, Events, Recipe, TrainConfig, TrainingError
+from .versions import package_versions, write_version
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+LOG_FILE = "train.log"
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclass
+class TrainRequest:
+    adapter: str
+    data_files: list[Path] = field(default_factory=list)
+    from_db: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    run_dir: Path | None = None
+    resume: bool = False
+    events: bool = False  # JSON lines on stdout
+    run_id: int | None = None  # a row the bot created already
+    promote: bool = False
+    trigger: str = "cli"
+
+
+@dataclass
+class TrainOutcome:
+    run_id: int
+    version: int
+    path: Path
+    metrics: dict[str, Any]
+    gate: dict[str, Any] | None = None
+
+
+def runs_root(config: Any, adapter: str) -> Path:
+    return config.data_dir / "runs" / adapter
+
+
+def latest_resumable(config: Any, adapter: str) -> Path:
+    """The newest run directory of `adapter` that holds a checkpoint."""
+    root = runs_root(config, adapter)
+    candidates = sorted((p for p in root.glob("run-*") if (p / CHECKPOINT_FILE).is_file()),
+                        key=lambda p: int(p.name.split("-")[1]) if p.name[4:].isdigit() else -1)
+    if not candidates:
+        raise TrainingError(f"no interrupted run of {adapter} to resume under {root}; run "
+                            f"without --resume, or pass --output with the run directory")
+    return candidates[-1]
+
+
+@contextlib.contextmanager
+def adapter_lock(config: Any, adapter: str) -> Iterator[None]:
+    root = runs_root(config, adapter)
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise TrainingError(f"another training run of {adapter} is in progress "
+                                f"(pid {holder}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """The run's log beside its checkpoints (appended to on --resume)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def load_examples(config: Any, request: TrainRequest) -> list[Example]:
+    examples: list[Example] = []
+    problems: list[str] = []
+    for path in request.data_files:
+        try:
+            examples += read_examples(path)
+        except DataError as exc:
+            problems += exc.problems
+    if problems:
+        raise DataError(problems)
+    if request.from_db:
+        pairs = load_from_db(config.database_path, request.adapter)
+        log.info("%d approved pair(s) of %s from the database", len(pairs), request.adapter)
+        examples += pairs
+    if not examples:
+        where = "the database has no approved pairs for it" if request.from_db else \
+            "no --data file was given"
+        raise DataError([f"no training examples for {request.adapter}: {where}; pass "
+                         f"--data FILE and/or --from-db"], header="no training data")
+    return examples
+
+
+def run_training(config: Any, request: TrainRequest, *,
+                 on_event: Callable[[dict], None] | None = None,
+                 progress: bool | None = None) -> TrainOutcome:
+    """Train, write the version, record everything; raises on failure (run marked failed)."""
+    adapter = validate_adapter_name(request.adapter)  # before it names any path
+    with SyncStore(config.database_path, busy_timeout_ms=config.storage.busy_timeout_ms) as store, \
+            contextlib.ExitStack() as held:
+        try:
+            # first: a second run of this adapter must not touch the first one's run row
+            held.enter_context(adapter_lock(config, adapter))
+        except TrainingError as exc:
+            if request.run_id:  # the row the bot created for this attempt
+                store.update_run(request.run_id, status="failed", error=str(exc),
+                                 finished_at=st.now_text())
+            raise
+        record, created = st.ensure_adapter(store, adapter, config.model.name)
+        if created:
+            log.info("created adapter %s (base model %s)", adapter, config.model.name)
+        run_dir = request.run_dir
+        saved: dict[str, Any] | None = None
+        if request.resume:
+            run_dir = run_dir or latest_resumable(config, adapter)
+            run_file = run_dir / RUN_FILE
+            if not run_file.is_file():
+                raise TrainingError(f"{run_dir} is not a run directory ({RUN_FILE} is missing)")
+            saved = json.loads(run_file.read_text(encoding="utf-8"))
+            if saved.get("adapter") != adapter:
+                raise TrainingError(f"{run_dir} is a run of {saved.get('adapter')!r}, not of "
+                                    f"{adapter!r}")
+        run_id = request.run_id or (saved or {}).get("run_id")
+        run = (st.get_run(store, run_id) if run_id
+               else st.create_run(store, adapter, trigger=request.trigger))
+        run_dir = Path(run_dir or runs_root(config, adapter) / f"run-{run.id}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        events = Events(request.events, on_event, run_dir / EVENTS_FILE)
+        store.update_run(run.id, status="running", pid=os.getpid(), error=None,
+                         log_path=str(run_dir / LOG_FILE),
+                         started_at=run.started_at or st.now_text(), finished_at=None)
+        recipes: list[Recipe] = []  # filled by _train, so cleanup happens even on failure
+        started = time.perf_counter()
+        try:
+            with log_to_file(run_dir / LOG_FILE):
+                outcome = _train(config, store, request, record, run.id, run_dir, saved,
+                                 events, progress, started, recipes)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            message = ("interrupted; continue with --resume" if interrupted
+                       else str(exc) or type(exc).__name__)
+            store.update_run(run.id, status="cancelled" if interrupted else "failed",
+                             error=message, finished_at=st.now_text())
+            events.emit("error", run_id=run.id, message=message)
+            with contextlib.suppress(AttributeError):
+                exc.reported = True  # type: ignore[attr-defined]  # main() need not repeat it
+            raise
+        finally:
+            for recipe in recipes:
+                recipe.cleanup()
+        if request.promote:
+            from .gate import gate_version
+
+            decision = gate_version(config, store, adapter, outcome.version)
+            outcome.gate = decision.as_dict()
+            events.emit("gate", version=outcome.version, promoted=decision.promote,
+                        reason=decision.reason)
+        return outcome
+
+
+def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, run_id: int,
+           run_dir: Path, saved: dict[str, Any] | None, events: Events,
+           progress: bool | None, started: float, recipes: list[Recipe]) -> TrainOutcome:
+    adapter = request.adapter
+    examples = load_examples(config, request)
+    fingerprint = data_hash(examples)
+    if saved is not None:
+        cfg = TrainConfig(**saved["config"])
+        if saved.get("data_hash") != fingerprint:
+            raise TrainingError(f"the training data changed since run {run_id}'s checkpoint "
+                                f"(data hash {saved.get('data_hash')} then, {fingerprint} now); "
+                                f"pass the same --data/--from-db, or start a new run without "
+                                f"--resume")
+        log.info("resuming run %d with its own settings (%s)", run_id, run_dir / RUN_FILE)
+    else:
+        default_prompt = record.system_prompt or config.model.system_prompt
+        cfg = TrainConfig.from_settings(config.training, system_prompt=default_prompt,
+                                        **request.overrides)
+        cfg.check()
+        (run_dir / RUN_FILE).write_text(json.dumps(
+            {"run_id": run_id, "adapter": adapter, "data_hash": fingerprint,
+             "config": asdict(cfg)}, indent=2) + "\n", encoding="utf-8")
+    splits, counts = build_splits(examples, salt=adapter,
+                                  held_out_fraction=config.training.validation_fraction,
+                                  validation_fraction=config.training.eval_fraction,
+                                  seed=cfg.seed)
+    log.info("data: %d read, %d duplicate(s), %d train, %d validation, %d held out (hash %s)",
+             counts.read, counts.duplicates, counts.train, counts.validation, counts.held_out,
+             fingerprint)
+    source = modeling.resolve_model_source(config.model.name, config.model_cache_dir,
+                                           allow_download=config.model.allow_download)
+    placement = modeling.choose_placement(config.model.device, config.model.dtype, False)
+    recipe = Recipe(cfg, model_source=source, placement=placement, run_dir=run_dir,
+                    events=events, progress=progress,
+                    allow_download=config.model.allow_download)
+    recipes.append(recipe)
+    recipe.setup(splits, resume=saved is not None)
+    result = recipe.train()
+    number = st.next_version_number(store, adapter)
+    meta = {
+        "adapter": adapter,
+        "version": number,
+        "kind": "full model (not an adapter: set model.name to this directory to use it)"
+        if cfg.method == "full" else "PEFT LoRA adapter",
+        "method": cfg.method,
+        "base_model": config.model.name,
+        "base_model_source": source,
+        "run_id": run_id,
+        "data": {"hash": fingerprint, **asdict(counts),
+                 "files": [str(p) for p in request.data_files], "from_db": request.from_db,
+                 **{f"{name}_tokens": asdict(stats)
+                    for name, stats in result.encode_stats.items()}},
+        "hyperparameters": asdict(cfg),
+        "metrics": result.metrics,
+        "duration_s": round(time.perf_counter() - started, 1),
+        "device": placement.device,
+        "packages": package_versions(),
+        "created_at": st.now_text(),
+    }
+    held_out_rows = [dict(row) for row in splits["held_out"]]
+    path = write_version(config.adapters_dir, adapter, number, save=recipe.save, meta=meta,
+                         history=result.state.history, evals=result.state.evals,
+                         held_out=held_out_rows)
+    try:
+        version = store.add_version(adapter, path=f"{adapter}/{path.name}",
+                                    metrics=result.metrics, status="candidate", run_id=run_id)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # no row, no directory
+        raise
+    if version.version != number:
+        raise TrainingError(f"{adapter} got version {version.version} while v{number} was being "
+                            f"written (another process added a version); remove {path}")
+    store.update_run(run_id, status="succeeded", version=number, metrics=result.metrics,
+                     finished_at=st.now_text())
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing left to resume
+    events.emit("done", run_id=run_id, adapter=adapter, version=number, path=str(path),
+                metrics=result.metrics)
+    log.info("%s v%d written to %s", adapter, number, path)
+    return TrainOutcome(run_id, number, path, result.metrics)

@@ -1,0 +1,94 @@
+"""Writing a trained version: `adapters/<name>/v<N>/`, whole or not at all.
+
+A version directory holds what `save` writes (for LoRA/QLoRA a PEFT adapter,
+`adapter_config.json` + `adapter_model.safetensors`, which plain
+`PeftModel.from_pretrained(base, dir)` loads; for `full` a complete model
+directory with its tokenizer, which is *not* an adapter: point `model.name` at
+it instead), plus `training_meta.json`, `loss_curve.png` and `held_out.jsonl`
+(the pairs the promotion gate measures on). Everything is written to a hidden
+temporary directory in the same parent and renamed into place, so the bot never
+sees half a version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .data import write_jsonl
+from .plot import plot_loss_curve
+
+log = logging.getLogger(__name__)
+
+META_FILE = "training_meta.json"
+CURVE_FILE = "loss_curve.png"
+HELD_OUT_FILE = "held_out.jsonl"
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def version_dir(adapters_dir: Path, adapter: str, number: int) -> Path:
+    return Path(adapters_dir) / adapter / f"v{number}"
+
+
+def write_version(adapters_dir: Path, adapter: str, number: int, *,
+                  save: Callable[[Path], None], meta: dict[str, Any],
+                  history: list[dict[str, float]], evals: list[dict[str, float]],
+                  held_out: list[dict[str, Any]]) -> Path:
+    final = version_dir(adapters_dir, adapter, number)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        # left by a run that died between the rename and its version row: keep it aside
+        aside = final.with_name(f".{final.name}.orphan-{int(time.time())}")
+        log.warning("%s exists without a version row (an interrupted run?); moved to %s",
+                    final, aside)
+        os.rename(final, aside)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False,
+                                                default=str) + "\n", encoding="utf-8")
+        plot_loss_curve(history, evals, tmp / CURVE_FILE, title=f"{adapter} v{number}")
+        write_jsonl(held_out, tmp / HELD_OUT_FILE)
+        _fsync_tree(tmp)
+        os.rename(tmp, final)  # atomic within one file system
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush the files before the rename makes them visible (a crash must not expose zeros)."""
+    if sys.platform == "win32":
+        return
+    for path in directory.iterdir():
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
