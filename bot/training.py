@@ -25,7 +25,7 @@ from typing import Any
 
 from storage import Database, TrainingRun
 
-from .config import TOKEN_ENV, Config
+from .config import TOKEN_ENV, Config, dump_toml
 from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,17 @@ class TrainingService:
         self.active: ActiveRun | None = None
         self._lock = asyncio.Lock()
 
-    def command(self, adapter: str, run_id: int, trigger: str) -> list[str]:
+    def command(self, adapter: str, run_id: int, trigger: str, config_path: Path) -> list[str]:
         return [sys.executable, "-m", "trainer", "train", "--from-db", "--adapter", adapter,
                 "--events", "--promote", "--run-id", str(run_id), "--trigger", trigger,
-                "--config", self.config.source]
+                "--config", str(config_path)]
+
+    def write_child_config(self, run_id: int) -> Path:
+        """The bot's effective settings for the child: same database, adapters, model."""
+        path = self.config.data_dir / "logs" / f"training-run-{run_id}.config.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_toml(self.config), encoding="utf-8")
+        return path
 
     def stderr_path(self, run_id: int) -> Path:
         return self.config.data_dir / "logs" / f"training-run-{run_id}.stderr.log"
@@ -115,12 +122,13 @@ class TrainingService:
                 raise ValueError(f"{adapter} has no approved pairs to train on yet: vote with "
                                  f"👍 and approve pairs with /review first")
             run = await self.db.create_run(adapter, trigger=trigger, requested_by=requested_by)
+            config_path = await asyncio.to_thread(self.write_child_config, run.id)
             stderr_path = self.stderr_path(run.id)
-            stderr_path.parent.mkdir(parents=True, exist_ok=True)
             with stderr_path.open("wb") as stderr:
                 process = await asyncio.create_subprocess_exec(
-                    *self.command(adapter, run.id, trigger), stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr, env=self.child_environment())
+                    *self.command(adapter, run.id, trigger, config_path),
+                    stdout=asyncio.subprocess.PIPE, stderr=stderr,
+                    env=self.child_environment())
             _lower_priority(process.pid)
             self.active = ActiveRun(run, process, time.monotonic())
             log.info("training %s: run %d started as process %d", adapter, run.id, process.pid)

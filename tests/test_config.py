@@ -166,3 +166,21 @@ def test_configuration_reference_is_current():
     assert documented == cfg.settings_markdown(), (
         "docs/configuration.md is stale: run `python -m bot settings > docs/configuration.md`")
     assert documented.count("\n| `") == len(cfg.describe_settings())
+
+
+def test_dumped_settings_load_back_identically(tmp_path):
+    from bot.config import dump_toml
+
+    original = parse_config('[discord]\nchannel_answer_mode = { "42" = "all" }\n'
+                            'channel_system_prompt = { "7" = "Say \\"hi\\" — ünïcode" }\n'
+                            'admin_role_ids = [1, 2]\n[engine]\ntemperature = 0.7\n'
+                            '[storage]\ndata_dir = "rel/data"\n', base_dir=tmp_path)
+    path = tmp_path / "elsewhere" / "dumped.toml"
+    path.parent.mkdir()
+    path.write_text(dump_toml(original), encoding="utf-8")
+    loaded = load_config(path, environ={})
+    assert loaded.data_dir == original.data_dir == (tmp_path / "rel" / "data").resolve()
+    for section in cfg.SECTIONS:
+        assert getattr(loaded, section) == getattr(original, section) or section == "storage"
+    assert dataclasses.replace(loaded.storage, data_dir="x") == \
+        dataclasses.replace(original.storage, data_dir="x")

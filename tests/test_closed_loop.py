@@ -1,0 +1,76 @@
+"""The closed loop in one process tree, no restart: ask → 👍 → /review → /train → the next
+answer is served by the new version. Real client, fake Discord, tiny model, real trainer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_discord_e2e import _until_score, ask, world  # noqa: F401, F811 (a fixture)
+
+pytest_plugins = ("fake_discord",)
+
+SEED_PAIRS = [(f"What is the code word number {i}?", f"The code word number {i} is apple.")
+              for i in range(12)]
+
+
+async def approve_by_review(s, answer_message) -> int:
+    turn = await s.db.turn_for_answer_message(answer_message.id)
+    for user in (s.bob, s.carol):
+        await s.fake.add_reaction(user.id, s.general.id, answer_message.id, "👍")
+    await _until_score(s, turn.id, 2)
+    review = await s.fake.invoke_command("review", subcommand="start", user_id=s.admin.id,
+                                         channel_id=s.general.id)
+    await review.wait_response()
+    click = await s.fake.click_button(review.original_message.id,
+                                      f"review:approve:{turn.id}", user_id=s.admin.id)
+    await click.wait_response()
+    return turn.id
+
+
+async def train_now(s, timeout: float = 240.0):
+    start = await s.fake.invoke_command("train", {"adapter": "faq"}, subcommand="start",
+                                        user_id=s.admin.id, channel_id=s.general.id)
+    progress = await s.fake.wait_for_bot_message(
+        s.general.id, predicate=lambda m: "Training **faq**" in m.content, timeout=30)
+    await s.fake.wait_until(lambda: progress.content.startswith(("✅", "🟡", "❌", "⏹️")),
+                            timeout=timeout, what="the end of the training run")
+    return start, progress
+
+
+@pytest.mark.timeout(600)
+async def test_votes_review_train_promote_and_serve_without_restart(world, monkeypatch):  # noqa: F811
+    s = await world()
+    # the channel's own history: a few approved pairs already imported, plus a live one
+    seed = s.config.data_dir / "seed.jsonl"
+    seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
+                    encoding="utf-8")
+    await s.db.import_pairs(seed, "faq")
+    _, answer = await ask(s, "What is the code word?")
+    approved = await approve_by_review(s, answer)
+    assert approved in [p.turn_id for p in await s.db.approved_pairs("faq")]
+
+    # enough steps for the random tiny model to say words rather than blank lines
+    monkeypatch.setenv("BOT_TRAINING_EPOCHS", "25")
+    monkeypatch.setenv("BOT_TRAINING_LEARNING_RATE", "0.01")
+    _, progress = await train_now(s)
+    assert progress.content.startswith("✅"), progress.content
+    assert "faq v3 trained" in progress.content and "promoted" in progress.content
+    assert progress.attachments and progress.attachments[0].filename == "loss_curve.png"
+    assert progress.attachments[0].data.startswith(b"\x89PNG")
+    serving = await s.db.serving_version("faq")
+    assert serving.version == 3
+    assert (await s.db.list_runs("faq", limit=1))[0].status == "succeeded"
+
+    _, after = await ask(s, "And now?")
+    turn = await s.db.turn_for_answer_message(after.id)
+    assert (turn.adapter_name, turn.adapter_version) == ("faq", 3)  # hot-reloaded, no restart
+    assert "faq__v3" in s.engine.loaded_adapters()
+
+    # a second run whose gate refuses it leaves v3 serving
+    monkeypatch.setenv("BOT_TRAINING_LEARNING_RATE", "0.9")  # the child reads its settings
+    monkeypatch.setenv("BOT_TRAINING_MAX_REGRESSION", "0.0")
+    _, second = await train_now(s)
+    assert second.content.startswith(("🟡", "❌")), second.content
+    assert (await s.db.serving_version("faq")).version == 3
+    _, last = await ask(s, "Still there?")
+    assert (await s.db.turn_for_answer_message(last.id)).adapter_version == 3
