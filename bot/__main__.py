@@ -69,6 +69,7 @@ async def run_discord(config, token: str) -> int:
     from .discord_bot import ChannelBot
     from .engine import Engine
     from .routing import Router
+    from .scheduler import NightlyTraining
 
     heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
     try:
@@ -77,9 +78,11 @@ async def run_discord(config, token: str) -> int:
             router = Router(config, db)
             engine = Engine(config, router)
             bot = ChannelBot(config, db, engine, router)
+            nightly = NightlyTraining(config, db, bot.training)
             try:
                 await bot.login(token)  # a wrong token fails here, before the model loads
                 await engine.start()
+                await nightly.start()
                 await bot.connect()
             except discord.LoginFailure:
                 print("error: Discord refused DISCORD_TOKEN (401 Unauthorized): copy the bot "
@@ -92,6 +95,7 @@ async def run_discord(config, token: str) -> int:
                       file=sys.stderr)
                 return 1
             finally:
+                nightly.stop()
                 await bot.close()
                 await engine.close()
     finally:

@@ -371,6 +371,18 @@ class Database:
         rows = await self._all(q.LIST_RUNS, (adapter, adapter, limit))
         return [TrainingRun.from_row(r) for r in rows]
 
+    async def get_state(self, key: str) -> str | None:
+        row = await self._one(q.GET_STATE, (key,))
+        return row[0] if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(q.SET_STATE, (key, value))
+
+    async def count_approved_since(self, adapter: str, since: str | None) -> int:
+        """Approved pairs of `adapter` decided after `since` (ISO time; None: all)."""
+        return (await self._one(q.COUNT_APPROVED_SINCE, (adapter, since, since)))[0]
+
     async def stats(self) -> dict[str, int]:
         return dict(await self._one(q.STATS))
 

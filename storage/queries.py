@@ -125,6 +125,15 @@ LIST_RUNS = _RUN_COLUMNS + " WHERE (? IS NULL OR a.name = ?) ORDER BY r.id DESC 
 RUN_COLUMNS_UPDATABLE = frozenset(
     {"status", "pid", "version", "metrics", "error", "log_path", "started_at", "finished_at"})
 
+# --- state that survives restarts ------------------------------------------------
+GET_STATE = "SELECT value FROM state WHERE key = ?"
+SET_STATE = """
+INSERT INTO state (key, value) VALUES (?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = """ + NOW
+COUNT_APPROVED_SINCE = """
+SELECT COUNT(*) FROM review WHERE status = 'approved' AND adapter_name = ?
+    AND (? IS NULL OR reviewed_at > ?)"""
+
 # --- stats --------------------------------------------------------------------------
 STATS = """
 SELECT (SELECT COUNT(*) FROM turns) AS answers,

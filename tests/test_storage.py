@@ -22,7 +22,7 @@ from storage import (
 )
 from storage.migrations import load_migrations, split_statements
 
-EXPECTED_TABLES = {"adapters", "adapter_versions", "channel_adapters", "guild_adapters",
+EXPECTED_TABLES = {"adapters", "adapter_versions", "channel_adapters", "guild_adapters", "state",
                    "turns", "feedback", "review", "training_runs"}
 
 

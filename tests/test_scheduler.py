@@ -1,0 +1,110 @@
+"""The nightly schedule with a fake clock: missed runs at start-up, coalescing, min new pairs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.config import parse_config
+from bot.scheduler import LAST_RUN_KEY, NightlyTraining
+
+
+class RecordingTraining:
+    """Stands in for TrainingService: records which adapters a round starts, in order."""
+
+    def __init__(self):
+        self.started: list[tuple[str, str]] = []
+
+    async def start(self, adapter: str, *, trigger: str):
+        self.started.append((adapter, trigger))
+
+    async def follow(self):
+        return None
+
+
+def at(hour: int, minute: int = 0, day: int = 10) -> datetime:
+    return datetime(2026, 11, day, hour, minute, tzinfo=UTC)
+
+
+@pytest.fixture
+def nightly(db):
+    def make(now: datetime, min_new_pairs: int = 2):
+        config = parse_config(f'[training]\nschedule = "0 3 * * *"\ntimezone = "UTC"\n'
+                              f"min_new_pairs = {min_new_pairs}\n")
+        training = RecordingTraining()
+        clock = {"now": now}
+        schedule = NightlyTraining(config, db, training, clock=lambda: clock["now"])
+        return schedule, training, clock
+
+    return make
+
+
+async def approve(db, adapter: str, count: int) -> None:
+    for i in range(count):
+        turn = await db.record_turn(channel_id=1, author_id=1, question=f"{adapter} q{i}",
+                                    answer="a", adapter_name=adapter)
+        await db.cast_vote(turn, 1, 1, min_score=1)
+        await db.decide_review(turn, "approved", reviewer_id=9)
+
+
+async def test_a_run_missed_while_down_happens_once_at_start(db, nightly):
+    await db.create_adapter("faq", "base")
+    await approve(db, "faq", 3)
+    await db.set_state(LAST_RUN_KEY, at(3, 0, day=7).isoformat())  # three nights missed
+    schedule, training, _ = nightly(now=at(9, 30))
+    catch_up = await schedule.start()
+    try:
+        await catch_up
+        assert training.started == [("faq", "schedule")]  # once, not three times
+        assert not await schedule.missed_run()
+        job = schedule.scheduler.get_jobs()[0]
+        assert job.trigger is schedule.trigger and job.coalesce
+    finally:
+        schedule.stop()
+
+
+@pytest.mark.parametrize(("last_run", "now", "missed"), [
+    (at(3, 0), at(9, 0), False),          # ran at 03:00 today
+    (at(2, 59), at(3, 1), True),          # down across 03:00
+    (at(3, 0, day=9), at(2, 0), False),   # yesterday's ran; today's not due yet
+    (at(3, 0, day=9), at(3, 0), True),    # due exactly now
+])
+async def test_missed_run_detection(db, nightly, last_run, now, missed):
+    await db.set_state(LAST_RUN_KEY, last_run.isoformat())
+    schedule, _, _ = nightly(now=now)
+    assert await schedule.missed_run() is missed
+
+
+async def test_first_start_counts_from_now(db, nightly):
+    schedule, training, _ = nightly(now=at(12))
+    assert await schedule.start() is None
+    schedule.stop()
+    assert training.started == []
+    assert await db.get_state(LAST_RUN_KEY) == at(12).isoformat()
+
+
+async def test_the_cron_job_trains_only_adapters_with_enough_new_pairs(db, nightly):
+    for name, pairs in (("few", 1), ("enough", 2), ("many", 5)):
+        await db.create_adapter(name, "base")
+        await approve(db, name, pairs)
+    schedule, training, clock = nightly(now=at(3, 0, day=11))
+    await schedule.run_due()  # what the cron trigger calls at 03:00
+    assert training.started == [("enough", "schedule"), ("many", "schedule")]
+    assert await db.get_state(LAST_RUN_KEY) == at(3, 0, day=11).isoformat()
+
+    # a version trained on them has seen those pairs: the next night has nothing new
+    await db.add_version("many", path="many/v1", status="serving")
+    training.started.clear()
+    await schedule.run_due()
+    assert ("many", "schedule") not in training.started
+    await approve(db, "many", 2)  # two more approved after v1
+    training.started.clear()
+    await schedule.run_due()
+    assert ("many", "schedule") in training.started
+
+
+async def test_next_fire_time_follows_the_cron_expression(db, nightly):
+    schedule, _, _ = nightly(now=at(4))
+    assert schedule.trigger.get_next_fire_time(None, at(4)) == at(3, 0, day=11)
+    assert schedule.trigger.get_next_fire_time(None, at(2)) - at(2) == timedelta(hours=1)
