@@ -82,6 +82,7 @@ async def run_discord(config, token: str) -> int:
             try:
                 await bot.login(token)  # a wrong token fails here, before the model loads
                 await engine.start()
+                await bot.training.recover()
                 await nightly.start()
                 await bot.connect()
             except discord.LoginFailure:

@@ -65,6 +65,7 @@ class ConsoleChat:
         self.stdout.flush()
 
     async def run(self) -> int:
+        await self.training.recover()
         if self.interactive:
             self.say("Console chat. /help lists the commands, /quit leaves.")
         while True:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -110,6 +111,27 @@ class TrainingService:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    async def recover(self) -> None:
+        """At start-up: clear a lock whose process is gone, and close the runs it left."""
+        lock = await self.db.training_lock()
+        if lock is not None:
+            if lock["host"] == socket.gethostname() and not _alive(lock["pid"]):
+                await self.db.release_training_lock()
+                log.warning("cleared a training lock left by process %d (run %s), which is "
+                            "gone", lock["pid"], lock["run_id"])
+            else:
+                log.warning("training is locked by process %d on %s (run %s); no run starts "
+                            "here until it ends", lock["pid"], lock["host"], lock["run_id"])
+        held = await self.db.training_lock()
+        for run in await self.db.runs_left_running():
+            if held is not None and held["run_id"] == run.id:
+                continue  # still running elsewhere
+            await self.db.update_run(run.id, status="failed", finished_at=_now(),
+                                     error="the bot or the training process stopped during "
+                                           "this run; start it again (it restarts cleanly)")
+            log.warning("training run %d was left running by a stopped process; marked failed",
+                        run.id)
+
     async def start(self, adapter: str, *, trigger: str = "manual",
                     requested_by: int | None = None) -> TrainingRun:
         """Record and launch a run; raises TrainingBusy while another one runs."""
@@ -121,18 +143,31 @@ class TrainingService:
             if not await self.db.approved_pairs(adapter):
                 raise ValueError(f"{adapter} has no approved pairs to train on yet: vote with "
                                  f"👍 and approve pairs with /review first")
-            run = await self.db.create_run(adapter, trigger=trigger, requested_by=requested_by)
-            config_path = await asyncio.to_thread(self.write_child_config, run.id)
-            stderr_path = self.stderr_path(run.id)
-            with stderr_path.open("wb") as stderr:
-                process = await asyncio.create_subprocess_exec(
-                    *self.command(adapter, run.id, trigger, config_path),
-                    stdout=asyncio.subprocess.PIPE, stderr=stderr,
-                    env=self.child_environment())
-            _lower_priority(process.pid)
-            self.active = ActiveRun(run, process, time.monotonic())
-            log.info("training %s: run %d started as process %d", adapter, run.id, process.pid)
+            holder = await self.db.acquire_training_lock(None, os.getpid(), socket.gethostname())
+            if holder is not None:
+                raise TrainingBusy(f"another training run holds this host's lock (run "
+                                   f"{holder['run_id']}, process {holder['pid']}); wait for it")
+            try:
+                run = await self.db.create_run(adapter, trigger=trigger,
+                                               requested_by=requested_by)
+                await self._spawn(adapter, run, trigger)
+            except BaseException:
+                await self.db.release_training_lock()
+                raise
             return run
+
+    async def _spawn(self, adapter: str, run: TrainingRun, trigger: str) -> None:
+        config_path = await asyncio.to_thread(self.write_child_config, run.id)
+        stderr_path = self.stderr_path(run.id)
+        with stderr_path.open("wb") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                *self.command(adapter, run.id, trigger, config_path),
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=self.child_environment())
+        _lower_priority(process.pid)
+        # the lock now names the child: if the bot dies, the run still holds it
+        await self.db.hand_over_training_lock(run.id, process.pid, from_pid=os.getpid())
+        self.active = ActiveRun(run, process, time.monotonic())
+        log.info("training %s: run %d started as process %d", adapter, run.id, process.pid)
 
     async def follow(self, on_event: EventHandler | None = None) -> Outcome:
         """Relay the active run's events until it ends; then hot-load what it promoted."""
@@ -165,15 +200,14 @@ class TrainingService:
             code = await active.process.wait()
         finally:
             self.active = None
+            await self.db.release_training_lock(active.run.id)
         run = await self.db.get_run(active.run.id)
         status = run.status
         if status in ("running", "queued"):  # the child died without saying why
             status = "cancelled" if active.cancelled else "failed"
             error = error or (f"the training process exited with code {code}: "
                               f"{_last_line(self.stderr_path(run.id))}")
-            await self.db.update_run(run.id, status=status, error=error,
-                                     finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                               time.gmtime()))
+            await self.db.update_run(run.id, status=status, error=error, finished_at=_now())
         outcome = Outcome(run.id, run.adapter, status, version=done.get("version"),
                           promoted=bool(gate.get("promoted")), reason=gate.get("reason"),
                           metrics=done.get("metrics") or {}, error=error or run.error)
@@ -202,6 +236,20 @@ class TrainingService:
             with contextlib.suppress(ProcessLookupError):
                 active.process.kill()
         return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _lower_priority(pid: int) -> None:

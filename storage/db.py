@@ -383,6 +383,35 @@ class Database:
         """Approved pairs of `adapter` decided after `since` (ISO time; None: all)."""
         return (await self._one(q.COUNT_APPROVED_SINCE, (adapter, since, since)))[0]
 
+    # --- the training lock ----------------------------------------------------------
+    async def acquire_training_lock(self, run_id: int | None, pid: int,
+                                    host: str) -> dict | None:
+        """Take the lock; None on success, else the holder's row (who has it)."""
+        async with self._write() as conn:
+            async with conn.execute(q.SELECT_LOCK) as cursor:
+                holder = await cursor.fetchone()
+            if holder is not None:
+                return dict(holder)
+            await conn.execute(q.INSERT_LOCK, (run_id, pid, host))
+        return None
+
+    async def hand_over_training_lock(self, run_id: int, pid: int, *, from_pid: int) -> None:
+        """The lock passes from the bot to the child it started, in one statement."""
+        async with self._write() as conn:
+            await conn.execute(q.HAND_OVER_LOCK, (run_id, pid, from_pid))
+
+    async def training_lock(self) -> dict | None:
+        row = await self._one(q.SELECT_LOCK)
+        return dict(row) if row else None
+
+    async def release_training_lock(self, run_id: int | None = None) -> None:
+        """Release the lock (only if `run_id` still holds it, when given)."""
+        async with self._write() as conn:
+            await conn.execute(q.DELETE_LOCK, (run_id, run_id))
+
+    async def runs_left_running(self) -> list[TrainingRun]:
+        return [TrainingRun.from_row(r) for r in await self._all(q.RUNS_LEFT_RUNNING)]
+
     async def stats(self) -> dict[str, int]:
         return dict(await self._one(q.STATS))
 

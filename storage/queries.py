@@ -134,6 +134,13 @@ COUNT_APPROVED_SINCE = """
 SELECT COUNT(*) FROM review WHERE status = 'approved' AND adapter_name = ?
     AND (? IS NULL OR reviewed_at > ?)"""
 
+# --- the training lock ----------------------------------------------------------------
+SELECT_LOCK = "SELECT * FROM training_lock WHERE id = 1"
+INSERT_LOCK = "INSERT INTO training_lock (id, run_id, pid, host) VALUES (1, ?, ?, ?)"
+HAND_OVER_LOCK = "UPDATE training_lock SET run_id = ?, pid = ? WHERE id = 1 AND pid = ?"
+DELETE_LOCK = "DELETE FROM training_lock WHERE id = 1 AND (? IS NULL OR run_id IS ?)"
+RUNS_LEFT_RUNNING = _RUN_COLUMNS + " WHERE r.status IN ('queued', 'running')"
+
 # --- stats --------------------------------------------------------------------------
 STATS = """
 SELECT (SELECT COUNT(*) FROM turns) AS answers,

@@ -1,0 +1,111 @@
+"""Training runs started by the bot: a killed child, the host lock, stale locks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from bot.config import parse_config
+from bot.training import TrainingBusy, TrainingService
+from storage import Database
+from tests.tiny_model import save_random_adapter
+
+
+class RecordingEngine:
+    """The service hot-loads promoted versions through engine.promote; record the calls."""
+
+    def __init__(self):
+        self.promoted: list[tuple[str, int]] = []
+
+    async def promote(self, adapter: str, version: int, reason: str | None = None):
+        self.promoted.append((adapter, version))
+
+
+PAIRS = "".join(f'{{"question": "Question {i}?", "answer": "Answer {i}."}}\n' for i in range(12))
+
+
+@pytest.fixture
+async def setup(tmp_path, tiny_model_dir):
+    """A database with adapter 'faq' (v1 serving, 12 approved pairs) and a config maker."""
+
+    def config(epochs: int):
+        return parse_config(f'[storage]\ndata_dir = "{tmp_path.as_posix()}/data"\n'
+                            f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
+                            f"[training]\nepochs = {epochs}\neval_every = 0\n"
+                            "checkpoint_every = 5\n", base_dir=tmp_path)
+
+    base = config(1)
+    async with Database(base.database_path) as db:
+        save_random_adapter(tiny_model_dir, base.adapters_dir / "faq" / "v1", seed=1)
+        await db.create_adapter("faq", "tiny")
+        await db.add_version("faq", path="faq/v1", status="serving")
+        seed = tmp_path / "pairs.jsonl"
+        seed.write_text(PAIRS, encoding="utf-8")
+        await db.import_pairs(seed, "faq")
+        yield db, config
+
+
+@pytest.mark.timeout(300)
+async def test_killed_child_fails_the_run_releases_the_lock_and_keeps_serving(setup):
+    db, config = setup
+    service = TrainingService(config(epochs=400), db, engine=RecordingEngine())  # a long run
+    run = await service.start("faq")
+    lock = await db.training_lock()
+    assert (lock["run_id"], lock["pid"]) == (run.id, service.active.process.pid)
+    with pytest.raises(TrainingBusy):
+        await service.start("faq")
+
+    stepping = asyncio.Event()
+
+    async def on_event(event):
+        if event.get("event") == "step":
+            stepping.set()
+
+    following = asyncio.create_task(service.follow(on_event))
+    await asyncio.wait_for(stepping.wait(), 120)
+    os.kill(lock["pid"], signal.SIGKILL)  # kill -9 mid-run
+    outcome = await asyncio.wait_for(following, 60)
+
+    assert outcome.status == "failed" and "exited with code -9" in outcome.error
+    assert (await db.get_run(run.id)).status == "failed"
+    assert await db.training_lock() is None
+    assert (await db.serving_version("faq")).version == 1
+    assert [v.version for v in await db.versions("faq")] == [1]  # nothing half-written
+
+    again = TrainingService(config(epochs=1), db, engine=RecordingEngine())
+    second = await again.start("faq")
+    result = await asyncio.wait_for(again.follow(), 120)
+    assert result.status == "succeeded" and result.version == 2, result
+    assert again.engine.promoted == ([("faq", 2)] if result.promoted else [])
+    assert (await db.get_run(second.id)).status == "succeeded"
+
+
+async def test_a_lock_left_by_a_dead_process_is_cleared_at_start(setup):
+    db, config = setup
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    run = await db.create_run("faq")
+    await db.update_run(run.id, status="running", pid=dead.pid)
+    assert await db.acquire_training_lock(run.id, dead.pid, socket.gethostname()) is None
+
+    service = TrainingService(config(epochs=1), db, engine=RecordingEngine())
+    await service.recover()
+    assert await db.training_lock() is None
+    left = await db.get_run(run.id)
+    assert left.status == "failed" and "stopped during this run" in left.error
+
+
+async def test_a_live_lock_is_respected(setup):
+    db, config = setup
+    assert await db.acquire_training_lock(None, os.getpid(), socket.gethostname()) is None
+    service = TrainingService(config(epochs=1), db, engine=RecordingEngine())
+    await service.recover()
+    assert await db.training_lock() is not None  # this process is alive: not stale
+    with pytest.raises(TrainingBusy, match="holds this host's lock"):
+        await service.start("faq")
+    assert (await db.stats())["runs"] == 0  # refused before recording anything
