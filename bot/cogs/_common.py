@@ -6,6 +6,7 @@ import logging
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from storage import StorageError
 
@@ -48,3 +49,24 @@ async def adapter_names(interaction: discord.Interaction,
     names = await interaction.client.db.adapter_names()
     current = current.lower()
     return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+
+class SlashCog(commands.Cog):
+    """A cog of slash commands: the bot's parts at hand, expected errors answered."""
+
+    def __init__(self, bot):
+        self.bot = bot
+        self.config = bot.config
+        self.db = bot.db
+
+    async def cog_app_command_error(self, interaction, error) -> None:
+        await report_error(interaction, error)
+
+    async def channel_adapter(self, interaction: discord.Interaction,
+                              none_message: str) -> str | None:
+        """The adapter bound to this channel (or its server); says `none_message` if none."""
+        here = await self.db.resolve_adapter_for(interaction.channel_id, interaction.guild_id)
+        if here is None:
+            await reply(interaction, none_message)
+            return None
+        return here.name

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from ..permissions import admin_only
 from ..routing import confined_adapter_path
-from ._common import adapter_names, reply, report_error
+from ._common import SlashCog, adapter_names, reply
 
 
 def metrics_text(metrics: dict) -> str:
@@ -26,17 +25,9 @@ def metrics_text(metrics: dict) -> str:
     return ", ".join(shown[:6]) or "no metrics"
 
 
-class Adapters(commands.Cog):
+class Adapters(SlashCog):
     adapter = app_commands.Group(name="adapter", description="Adapters: which one answers "
                                  "in this channel, and their versions")
-
-    def __init__(self, bot):
-        self.bot = bot
-        self.config = bot.config
-        self.db = bot.db
-
-    async def cog_app_command_error(self, interaction, error) -> None:
-        await report_error(interaction, error)
 
     @adapter.command(name="list", description="All adapters, their serving version and "
                      "channels")
@@ -112,14 +103,10 @@ class Adapters(commands.Cog):
     @app_commands.describe(name="The adapter (default: this channel's)")
     @app_commands.autocomplete(name=adapter_names)
     async def info(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        name = name or await self.channel_adapter(
+            interaction, "This channel answers with the base model; name an adapter to see it.")
         if name is None:
-            here = await self.db.resolve_adapter_for(interaction.channel_id,
-                                                     interaction.guild_id)
-            if here is None:
-                await reply(interaction, "This channel answers with the base model; "
-                            "name an adapter to see it.")
-                return
-            name = here.name
+            return
         record = await self.db.require_adapter(name)
         embed = discord.Embed(title=f"Adapter {name}", description=record.description or None)
         versions = await self.db.versions(name)

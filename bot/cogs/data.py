@@ -8,10 +8,9 @@ from dataclasses import asdict
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from ..permissions import admin_only
-from ._common import adapter_names, reply, report_error
+from ._common import SlashCog, adapter_names, reply
 
 
 class ConfirmForget(discord.ui.View):
@@ -40,15 +39,7 @@ class ConfirmForget(discord.ui.View):
         await interaction.response.edit_message(content="Nothing was deleted.", view=None)
 
 
-class Data(commands.Cog):
-    def __init__(self, bot):
-        self.bot = bot
-        self.config = bot.config
-        self.db = bot.db
-
-    async def cog_app_command_error(self, interaction, error) -> None:
-        await report_error(interaction, error)
-
+class Data(SlashCog):
     @app_commands.command(name="stats", description="Answers, votes, pairs and adapters")
     async def stats(self, interaction: discord.Interaction) -> None:
         stats = await self.db.stats()

@@ -6,12 +6,11 @@ import logging
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from storage import ReviewItem
 
 from ..permissions import NotAdmin, admin_only, is_admin
-from ._common import adapter_names, reply, report_error
+from ._common import SlashCog, adapter_names, reply
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +141,10 @@ class ConfirmBulk(discord.ui.View):
         await interaction.response.edit_message(content="Nothing was approved.", view=None)
 
 
-class Review(commands.Cog):
+class Review(SlashCog):
     review = app_commands.Group(name="review", description="Approve, reject or correct voted "
                                 "answers before they train an adapter",
                                 default_permissions=discord.Permissions(manage_guild=True))
-
-    def __init__(self, bot):
-        self.bot = bot
-        self.config = bot.config
-        self.db = bot.db
-
-    async def cog_app_command_error(self, interaction, error) -> None:
-        await report_error(interaction, error)
 
     async def next_item(self, adapter: str | None,
                         skipped: set[int]) -> tuple[ReviewItem | None, int]:

@@ -8,26 +8,23 @@ import time
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from ..permissions import admin_only
 from ..training import Outcome, TrainingBusy
-from ._common import adapter_names, reply, report_error
+from ._common import SlashCog, adapter_names, reply, report_error
 
 log = logging.getLogger(__name__)
 
 EDIT_EVERY_S = 5.0
 
 
-class Training(commands.Cog):
+class Training(SlashCog):
     train = app_commands.Group(name="train", description="Fine-tune an adapter on its "
                                "approved pairs", default_permissions=discord.Permissions(
                                    manage_guild=True))
 
     def __init__(self, bot):
-        self.bot = bot
-        self.config = bot.config
-        self.db = bot.db
+        super().__init__(bot)
         self.service = bot.training
         self.followers: set[asyncio.Task] = set()
 
@@ -43,14 +40,10 @@ class Training(commands.Cog):
     @app_commands.autocomplete(adapter=adapter_names)
     @admin_only()
     async def start(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
+        adapter = adapter or await self.channel_adapter(
+            interaction, "This channel has no adapter: name one, or bind one with `/adapter use`.")
         if adapter is None:
-            here = await self.db.resolve_adapter_for(interaction.channel_id,
-                                                     interaction.guild_id)
-            if here is None:
-                await reply(interaction, "This channel has no adapter: name one, or bind one "
-                            "with `/adapter use`.")
-                return
-            adapter = here.name
+            return
         await interaction.response.defer(thinking=True)
         run = await self.service.start(adapter, trigger="manual",
                                        requested_by=interaction.user.id)
