@@ -73,10 +73,7 @@ class NightlyTraining:
         """Adapters with at least min_new_pairs approved pairs their serving version lacks."""
         due = []
         for adapter in await self.db.list_adapters():
-            serving = await self.db.serving_version(adapter.name)
-            # pairs approved after the serving version was made are the ones it has not seen
-            new = await self.db.count_approved_since(adapter.name,
-                                                     serving.created_at if serving else None)
+            new = await self.db.count_unseen_approved(adapter.name)
             if new >= self.config.training.min_new_pairs:
                 due.append((adapter.name, new))
             else:

@@ -379,9 +379,14 @@ class Database:
         async with self._write() as conn:
             await conn.execute(q.SET_STATE, (key, value))
 
-    async def count_approved_since(self, adapter: str, since: str | None) -> int:
-        """Approved pairs of `adapter` decided after `since` (ISO time; None: all)."""
-        return (await self._one(q.COUNT_APPROVED_SINCE, (adapter, since, since)))[0]
+    async def count_unseen_approved(self, adapter: str) -> int:
+        """Approved pairs of `adapter` that its serving version was not trained on."""
+        return (await self._one(q.COUNT_UNSEEN_APPROVED, (adapter, adapter)))[0]
+
+    async def version_pair_counts(self, adapter: str, version: int) -> dict[str, int]:
+        """How many stored pairs a version was trained, validated and judged on."""
+        rows = await self._all(q.VERSION_PAIR_COUNTS, (adapter, version))
+        return {row["split"]: row["n"] for row in rows}
 
     # --- the training lock ----------------------------------------------------------
     async def acquire_training_lock(self, run_id: int | None, pid: int,

@@ -130,9 +130,21 @@ GET_STATE = "SELECT value FROM state WHERE key = ?"
 SET_STATE = """
 INSERT INTO state (key, value) VALUES (?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = """ + NOW
-COUNT_APPROVED_SINCE = """
-SELECT COUNT(*) FROM review WHERE status = 'approved' AND adapter_name = ?
-    AND (? IS NULL OR reviewed_at > ?)"""
+# approved pairs of an adapter that its serving version has not seen (held-out pairs
+# are never trained on, yet they are not new: any recorded split counts as seen)
+COUNT_UNSEEN_APPROVED = """
+SELECT COUNT(*) FROM review r WHERE r.status = 'approved' AND r.adapter_name = ?
+    AND r.turn_id NOT IN (
+        SELECT p.turn_id FROM version_pairs p
+        JOIN adapter_versions v ON v.id = p.version_id
+        JOIN adapters a ON a.id = v.adapter_id
+        WHERE a.name = ? AND v.status = 'serving')"""
+INSERT_VERSION_PAIR = """
+INSERT OR IGNORE INTO version_pairs (version_id, turn_id, split) VALUES (?, ?, ?)"""
+VERSION_PAIR_COUNTS = """
+SELECT p.split, COUNT(*) AS n FROM version_pairs p
+JOIN adapter_versions v ON v.id = p.version_id JOIN adapters a ON a.id = v.adapter_id
+WHERE a.name = ? AND v.version = ? GROUP BY p.split"""
 
 # --- the training lock ----------------------------------------------------------------
 SELECT_LOCK = "SELECT * FROM training_lock WHERE id = 1"

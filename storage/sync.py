@@ -62,6 +62,12 @@ class SyncStore:
         return AdapterVersion.from_row(
             self.conn.execute(q.SELECT_VERSION, (adapter, number)).fetchone())
 
+    def record_version_pairs(self, version_id: int, pairs: list[tuple[int, str]]) -> None:
+        """(turn_id, split) of every stored pair a version was built from."""
+        with self._transaction():
+            self.conn.executemany(q.INSERT_VERSION_PAIR,
+                                  [(version_id, turn_id, split) for turn_id, split in pairs])
+
     def update_run(self, run_id: int, **fields: Any) -> TrainingRun:
         if "metrics" in fields and not isinstance(fields["metrics"], str):
             fields["metrics"] = json.dumps(fields["metrics"])

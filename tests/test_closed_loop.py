@@ -59,6 +59,9 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
     assert progress.attachments[0].data.startswith(b"\x89PNG")
     serving = await s.db.serving_version("faq")
     assert serving.version == 3
+    seen = await s.db.version_pair_counts("faq", 3)  # what v3 was built from, recorded
+    assert sum(seen.values()) == len(SEED_PAIRS) + 1 and seen["train"] > 0
+    assert await s.db.count_unseen_approved("faq") == 0
     assert (await s.db.list_runs("faq", limit=1))[0].status == "succeeded"
 
     _, after = await ask(s, "And now?")

@@ -8,6 +8,7 @@ import pytest
 
 from bot.config import parse_config
 from bot.scheduler import LAST_RUN_KEY, NightlyTraining
+from storage import SyncStore
 
 
 class RecordingTraining:
@@ -93,8 +94,14 @@ async def test_the_cron_job_trains_only_adapters_with_enough_new_pairs(db, night
     assert training.started == [("enough", "schedule"), ("many", "schedule")]
     assert await db.get_state(LAST_RUN_KEY) == at(3, 0, day=11).isoformat()
 
-    # a version trained on them has seen those pairs: the next night has nothing new
-    await db.add_version("many", path="many/v1", status="serving")
+    # a version built from them has seen those pairs: the next night has nothing new
+    v1 = await db.add_version("many", path="many/v1", status="serving")
+    pairs = [(p.turn_id, "held_out" if i == 0 else "train")
+             for i, p in enumerate(await db.approved_pairs("many"))]
+    with SyncStore(db.path) as store:  # as the trainer records them
+        store.record_version_pairs(v1.id, pairs)
+    assert await db.version_pair_counts("many", 1) == {"held_out": 1, "train": 4}
+    assert await db.count_unseen_approved("many") == 0
     training.started.clear()
     await schedule.run_due()
     assert ("many", "schedule") not in training.started

@@ -23,6 +23,7 @@ from storage import (
 from storage.migrations import load_migrations, split_statements
 
 EXPECTED_TABLES = {"adapters", "adapter_versions", "channel_adapters", "guild_adapters", "state",
+                   "version_pairs",
                    "training_lock",
                    "turns", "feedback", "review", "training_runs"}
 

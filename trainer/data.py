@@ -45,6 +45,9 @@ class DataError(ValueError):
         super().__init__(f"{header}:\n  " + "\n  ".join(shown))
 
 
+DB_SOURCE_PREFIX = "db:turn "  # an Example's source when it is an approved pair
+
+
 @dataclass(frozen=True)
 class Example:
     question: str
@@ -276,7 +279,7 @@ def examples_from_pairs(pairs: Iterable[Any]) -> list[Example]:
                    if isinstance(m, dict) and m.get("role") in ("user", "assistant")
                    and isinstance(m.get("content"), str)]
         examples.append(Example(pair.question.strip(), pair.answer.strip(), "", history,
-                                f"db:turn {pair.turn_id}"))
+                                f"{DB_SOURCE_PREFIX}{pair.turn_id}"))
     return examples
 
 

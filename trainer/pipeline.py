@@ -25,7 +25,15 @@ from storage import SyncStore, validate_adapter_name
 
 from . import modeling
 from . import store as st
-from .data import DataError, Example, build_splits, data_hash, load_from_db, read_examples
+from .data import (
+    DB_SOURCE_PREFIX,
+    DataError,
+    Example,
+    build_splits,
+    data_hash,
+    load_from_db,
+    read_examples,
+)
 from .train import CHECKPOINT_FILE, Events, Recipe, TrainConfig, TrainingError
 from .versions import package_versions, write_version
 
@@ -199,6 +207,16 @@ def run_training(config: Any, request: TrainRequest, *,
         return outcome
 
 
+def stored_pairs(splits: Any) -> list[tuple[int, str]]:
+    """(turn id, split) of the examples that came from the database ("db:turn N")."""
+    pairs = []
+    for split in ("train", "validation", "held_out"):
+        for source in splits[split]["source"]:
+            if source.startswith(DB_SOURCE_PREFIX):
+                pairs.append((int(source[len(DB_SOURCE_PREFIX):]), split))
+    return pairs
+
+
 def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, run_id: int,
            run_dir: Path, saved: dict[str, Any] | None, events: Events,
            progress: bool | None, started: float, recipes: list[Recipe]) -> TrainOutcome:
@@ -271,6 +289,7 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
     if version.version != number:
         raise TrainingError(f"{adapter} got version {version.version} while v{number} was being "
                             f"written (another process added a version); remove {path}")
+    store.record_version_pairs(version.id, stored_pairs(splits))
     store.update_run(run_id, status="succeeded", version=number, metrics=result.metrics,
                      finished_at=st.now_text())
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing left to resume

@@ -111,9 +111,12 @@ class Adapters(SlashCog):
         embed = discord.Embed(title=f"Adapter {name}", description=record.description or None)
         versions = await self.db.versions(name)
         for version in versions[-10:]:
+            seen = await self.db.version_pair_counts(name, version.version)
+            data = (f"\ntrained on {seen.get('train', 0) + seen.get('validation', 0)} stored "
+                    f"pairs, judged on {seen.get('held_out', 0)}" if seen else "")
             embed.add_field(name=f"v{version.version} — {version.status}",
                             value=f"{metrics_text(version.metrics)}\n{version.created_at[:16]}"
-                                  + (f"\n{version.reason}" if version.reason else ""),
+                                  + data + (f"\n{version.reason}" if version.reason else ""),
                             inline=False)
         if not versions:
             embed.add_field(name="versions", value="none yet: approve pairs, then /train")
