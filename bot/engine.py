@@ -17,283 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from storage import BASE_ADAPTER
 from trainer import modeling
 
-from .config import Config, EngineConfig
+from .batching import END as _END
+from .batching import AdapterSlots, BatchController, Generation, Job
+from .config import Config
+from .generation import (  # noqa: F401  (re-exported: callers import them from here)
+    AdapterLoadError,
+    EngineError,
+    GenerationRequest,
+    GenerationTimeout,
+    Message,
+    Sampling,
+    trim_messages,
+)
 from .routing import Route, Router
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]
-
-
-class EngineError(RuntimeError):
-    """Generation failed for a reason the user can be told about."""
-
-
-class GenerationTimeout(EngineError):
-    pass
-
-
-class AdapterLoadError(EngineError):
-    pass
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 0.95
-    repetition_penalty: float = 1.05
-    stop: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, engine: EngineConfig, **overrides: Any) -> Sampling:
-        values = {"max_new_tokens": engine.max_new_tokens, "temperature": engine.temperature,
-                  "top_p": engine.top_p, "repetition_penalty": engine.repetition_penalty}
-        values.update(overrides)
-        return cls(**values)
-
-    @property
-    def batch_key(self) -> tuple:
-        """Rows can share a forward pass when these agree (limits and stops are per row)."""
-        if self.temperature <= 0:
-            return ("greedy", self.repetition_penalty)
-        return ("sample", self.temperature, self.top_p, self.repetition_penalty)
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    channel_id: int
-    messages: Sequence[Message]
-    sampling: Sampling = field(default_factory=Sampling)
-    guild_id: int | None = None
-    route: Route | None = None  # set to bypass channel routing (promotion, bench, API)
-
-
-def trim_messages(messages: Sequence[Message], budget: int,
-                  count_tokens: Callable[[Sequence[Message]], int]) -> list[Message]:
-    """Drop the oldest turns until the prompt fits `budget` tokens.
-
-    The system prompt and the last user turn are never dropped; if they alone
-    exceed the budget they are kept anyway and the model sees a long prompt.
-    """
-    kept = list(messages)
-    system = [m for m in kept[:1] if m.get("role") == "system"]
-    body = kept[len(system):]
-    while len(body) > 1 and count_tokens(system + body) > budget:
-        body.pop(0)
-    return system + body
-
-
-class _End:
-    """Marks the end of a stream in a job's queue."""
-
-
-_END = _End()
-
-
-class _Job:
-    _ids = itertools.count(1)
-
-    def __init__(self, request: GenerationRequest, route: Route, loop: asyncio.AbstractEventLoop,
-                 timeout_s: float, on_finish: Callable[[_Job], None]):
-        self.id = next(self._ids)
-        self.on_finish = on_finish
-        self.released = False
-        self.request = request
-        self.route = route
-        self.loop = loop
-        self.chunks: asyncio.Queue[str | BaseException | _End] = asyncio.Queue()
-        self.abandoned = threading.Event()
-        self.deadline = time.monotonic() + timeout_s
-        self.finished = False
-        self.token_count = 0
-
-    def push(self, item: str | BaseException | _End) -> None:
-        if self.finished:
-            return
-        if not isinstance(item, str):
-            self.finished = True
-            self.on_finish(self)  # the version it pinned may be unloaded from now on
-        self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
-
-
-class Generation:
-    """A submitted request: its route is known at once, its text arrives as it is made."""
-
-    def __init__(self, job: _Job, on_done: Callable[[_Job], None]):
-        self._job = job
-        self._on_done = on_done
-        self.route: Route = job.route
-        self.text = ""
-        self.started = time.perf_counter()
-        self.latency_ms: float | None = None
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[str]:
-        try:
-            while True:
-                item = await self._job.chunks.get()
-                if isinstance(item, _End):
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                self.text += item
-                yield item
-            self.latency_ms = (time.perf_counter() - self.started) * 1000
-        finally:
-            self.cancel()
-
-    @property
-    def token_count(self) -> int:
-        """Tokens generated so far (the final count once the stream has ended)."""
-        return self._job.token_count
-
-    def cancel(self) -> None:
-        """Abandon the request: it stops at its next token and frees its slot."""
-        self._job.abandoned.set()
-        self._on_done(self._job)
-
-    async def complete(self) -> str:
-        async for _ in self:
-            pass
-        return self.text.strip()
-
-
-class _Slots:
-    """Loaded adapter versions: LRU order and pins (requests using them).
-
-    Pins change on the event loop, loading and eviction on the worker: a lock.
-    """
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.lock = threading.Lock()
-        self.loaded: collections.OrderedDict[str, Route] = collections.OrderedDict()
-        self.pins: collections.Counter[str] = collections.Counter()
-
-    def pin(self, key: str) -> None:
-        with self.lock:
-            self.pins[key] += 1
-
-    def unpin(self, key: str) -> None:
-        with self.lock:
-            self.pins[key] -= 1
-            if self.pins[key] <= 0:
-                del self.pins[key]
-
-    def touch(self, key: str) -> None:
-        with self.lock:
-            if key in self.loaded:
-                self.loaded.move_to_end(key)
-
-    def evictable(self, keep: set[str]) -> list[str]:
-        """Unpinned versions beyond capacity, least recently used first."""
-        with self.lock:
-            excess = len(self.loaded) - self.capacity
-            victims = []
-            for key in self.loaded:
-                if excess <= 0:
-                    break
-                if key not in keep and self.pins[key] == 0:
-                    victims.append(key)
-                    excess -= 1
-            return victims
-
-
-class _BatchController:
-    """Streamer and per-row stopping criterion of one micro-batch."""
-
-    def __init__(self, jobs: list[_Job], tokenizer: Any):
-        self.jobs = jobs
-        self.tokenizer = tokenizer
-        eos = tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.tokens: list[list[int]] = [[] for _ in jobs]
-        self.sent = [0] * len(jobs)
-        self.done = [False] * len(jobs)
-        self.prompt_seen = False
-
-    # --- streamer (transformers' BaseStreamer protocol) ---------------------------
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt
-            self.prompt_seen = True
-            return
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            if self.done[row]:
-                continue
-            if token in self.eos_ids:
-                self._finish(row)
-                continue
-            self.tokens[row].append(token)
-            self.jobs[row].token_count = len(self.tokens[row])
-            limit = self.jobs[row].request.sampling.max_new_tokens
-            self._emit(row, final=len(self.tokens[row]) >= limit)
-
-    def end(self) -> None:
-        for row in range(len(self.jobs)):
-            if not self.done[row]:
-                self._finish(row)
-
-    # --- stopping criterion ---------------------------------------------------------
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        now = time.monotonic()
-        for row, job in enumerate(self.jobs):
-            if self.done[row]:
-                continue
-            if job.abandoned.is_set():
-                self._finish(row)
-            elif now > job.deadline:
-                self._finish(row, GenerationTimeout(
-                    f"the answer took longer than engine.request_timeout_s and was cut off "
-                    f"after {len(self.tokens[row])} tokens"))
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
-
-    # --- text -------------------------------------------------------------------------
-    def _emit(self, row: int, final: bool = False) -> None:
-        job = self.jobs[row]
-        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-        safe = len(text)
-        for stop in job.request.sampling.stop:
-            at = text.find(stop)
-            if at != -1:
-                text, safe, final = text[:at], at, True
-        if not final:
-            if text.endswith("\ufffd"):  # half of a multi-byte character
-                safe = len(text) - 1
-            for stop in job.request.sampling.stop:  # hold back a possible stop string start
-                for size in range(min(len(stop) - 1, len(text)), 0, -1):
-                    if text.endswith(stop[:size]):
-                        safe = min(safe, len(text) - size)
-                        break
-        if safe > self.sent[row]:
-            job.push(text[self.sent[row]:safe])
-            self.sent[row] = safe
-        if final:
-            self.done[row] = True
-            job.push(_END)
-
-    def _finish(self, row: int, error: BaseException | None = None) -> None:
-        if self.done[row]:
-            return
-        self._emit(row, final=error is None)
-        self.done[row] = True
-        self.jobs[row].push(error if error is not None else _END)
 
 
 class Engine:
@@ -304,7 +53,7 @@ class Engine:
         self.tokenizer: Any = None
         self.placement: modeling.Placement | None = None
         self.model_source: str | None = None
-        self.slots = _Slots(config.engine.max_loaded_adapters)
+        self.slots = AdapterSlots(config.engine.max_loaded_adapters)
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._release_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -358,7 +107,7 @@ class Engine:
         if self._thread is None:
             raise EngineError("engine not started: await engine.start() first")
         route = request.route or await self._resolve(request)
-        job = _Job(request, route, asyncio.get_running_loop(),
+        job = Job(request, route, asyncio.get_running_loop(),
                    self.config.engine.request_timeout_s, self._release)
         if route.key != BASE_ADAPTER:
             self.slots.pin(route.key)
@@ -404,7 +153,7 @@ class Engine:
             return Route(system_prompt=self.config.model.system_prompt)
         return await self.router.resolve(request.channel_id, request.guild_id)
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: Job) -> None:
         with self._release_lock:  # the worker (job done) and the loop (cancel) both call it
             if job.released:
                 return
@@ -422,7 +171,7 @@ class Engine:
                 self._handle_load(*first[1:])
                 continue
             batch, stop = self._gather(first)
-            groups: dict[tuple, list[_Job]] = collections.defaultdict(list)
+            groups: dict[tuple, list[Job]] = collections.defaultdict(list)
             for job in batch:
                 groups[job.request.sampling.batch_key].append(job)
             for jobs in groups.values():
@@ -430,7 +179,7 @@ class Engine:
             if stop:
                 return
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+    def _gather(self, first: Job) -> tuple[list[Job], bool]:
         """The first job plus whatever arrives within batch_wait_ms, up to the batch size."""
         batch = [first]
         deadline = time.monotonic() + self.config.engine.batch_wait_ms / 1000
@@ -505,7 +254,7 @@ class Engine:
         log.info("loaded adapter %s v%s in %.0f ms", route.adapter, route.version,
                  (time.perf_counter() - started) * 1000)
 
-    def _prompt_ids(self, job: _Job) -> list[int]:
+    def _prompt_ids(self, job: Job) -> list[int]:
         messages = list(job.request.messages)
         if not messages or messages[0].get("role") != "system":
             prompt = job.route.system_prompt or self.config.model.system_prompt
@@ -521,7 +270,7 @@ class Engine:
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self._template(messages))
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _run_batch(self, jobs: list[Job]) -> None:
         import torch
 
         live = []
@@ -543,7 +292,7 @@ class Engine:
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            controller = _BatchController(live, self.tokenizer)
+            controller = BatchController(live, self.tokenizer)
             sampling = live[0].request.sampling
             kwargs: dict[str, Any] = {
                 "max_new_tokens": max(j.request.sampling.max_new_tokens for j in live),
@@ -573,10 +322,10 @@ class Engine:
             for job in live:
                 job.push(EngineError(f"generation failed: {exc}"))
 
-    def _load_for(self, jobs: list[_Job]) -> set[_Job]:
+    def _load_for(self, jobs: list[Job]) -> set[Job]:
         """Load the versions these jobs need; jobs whose version fails get the error."""
-        failed: set[_Job] = set()
-        by_key: dict[str, list[_Job]] = collections.defaultdict(list)
+        failed: set[Job] = set()
+        by_key: dict[str, list[Job]] = collections.defaultdict(list)
         for job in jobs:
             by_key[job.route.key].append(job)
         for key, group in by_key.items():
