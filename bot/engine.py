@@ -22,7 +22,6 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 from storage import BASE_ADAPTER
@@ -355,7 +354,3 @@ def _settle(future: asyncio.Future, error: BaseException | None) -> None:
 async def answer_text(engine: Engine, request: GenerationRequest) -> str:
     """The whole answer at once (for callers that do not stream)."""
     return await (await engine.submit(request)).complete()
-
-
-def with_route(request: GenerationRequest, route: Route) -> GenerationRequest:
-    return replace(request, route=route)

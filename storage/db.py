@@ -226,10 +226,6 @@ class Database:
                 adapter_version, latency_ms))
             return cursor.lastrowid
 
-    async def set_answer_message(self, turn_id: int, message_id: int) -> None:
-        async with self._write() as conn:
-            await conn.execute(q.SET_ANSWER_MESSAGE, (message_id, turn_id))
-
     async def get_turn(self, turn_id: int) -> Turn | None:
         row = await self._one(q.SELECT_TURN, (turn_id,))
         return Turn.from_row(row) if row else None

@@ -60,7 +60,6 @@ INSERT INTO turns (source, guild_id, channel_id, author_id, question_message_id,
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 SELECT_TURN = "SELECT * FROM turns WHERE id = ?"
 SELECT_TURN_BY_ANSWER_MESSAGE = "SELECT * FROM turns WHERE answer_message_id = ?"
-SET_ANSWER_MESSAGE = "UPDATE turns SET answer_message_id = ? WHERE id = ?"
 RECENT_TURNS = "SELECT * FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?"
 UPSERT_VOTE = """
 INSERT INTO feedback (turn_id, user_id, value) VALUES (?, ?, ?)
