@@ -125,6 +125,26 @@ async def test_mention_gets_a_streamed_answer_that_is_stored(world):
     assert s.fake.typing, "the bot shows it is typing"
 
 
+async def test_deleting_the_question_stops_its_answer(world):
+    s = await world(max_new_tokens=200)
+    real_submit = s.engine.submit
+    generations = []
+
+    async def paced_submit(request):
+        generation = await real_submit(request)
+        generations.append(generation)
+        return Paced(generation, 0.05)  # 200 chunks: ten seconds if nobody stops it
+
+    s.engine.submit = paced_submit
+    question = await s.fake.send_message(s.general.id, s.bob.id, "a long one please",
+                                         mentions_bot=True)
+    partial = await s.fake.wait_for_bot_message(s.general.id, after=question.id, timeout=20)
+    await s.fake.delete_message(question.id)
+    await s.fake.wait_until(lambda: partial.deleted, timeout=10, what="the answer withdrawn")
+    assert generations[0]._job.abandoned.is_set()  # the engine was told to stop
+    assert (await s.db.stats())["answers"] == 0
+
+
 async def test_long_answer_is_split_into_several_messages(world, tiny_model_dir):
     s = await world(max_new_tokens=600)
     # this seed's random adapter says ~3,300 characters in 600 tokens

@@ -75,6 +75,7 @@ class Chat(commands.Cog):
         self.db = bot.db
         self.engine = bot.engine
         self.last_question_at: dict[int, float] = {}
+        self.in_flight: dict[int, Generation] = {}  # question message id → its answer
 
     # --- who gets an answer --------------------------------------------------------------
     def permitted(self, message: discord.Message) -> bool:
@@ -133,6 +134,14 @@ class Chat(commands.Cog):
         self.last_question_at[message.author.id] = time.monotonic()
         await self.answer(message, question)
 
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        """A question deleted while it is answered: stop generating, free the slot."""
+        generation = self.in_flight.pop(payload.message_id, None)
+        if generation is not None:
+            generation.cancel()
+            log.info("question %d was deleted: its answer stopped", payload.message_id)
+
     def cooldown_left(self, user_id: int) -> float:
         last = self.last_question_at.get(user_id)
         if last is None:
@@ -188,6 +197,7 @@ class Chat(commands.Cog):
         try:
             async with message.channel.typing():
                 generation = await self.engine.submit(request)
+                self.in_flight[message.id] = generation
                 stream = generation.__aiter__()
                 first = await anext(stream, None)  # typing shows until the first words
             if first is not None:
@@ -202,6 +212,12 @@ class Chat(commands.Cog):
         except Exception:
             log.exception("unexpected failure answering message %d", message.id)
             problem = "the model failed mid-answer"
+        finally:
+            deleted = message.id not in self.in_flight and generation is not None
+            self.in_flight.pop(message.id, None)
+        if deleted:
+            await self.withdraw(answer)
+            return
         text = generation.text.strip() if generation is not None else ""
         if not text:
             await message.reply(APOLOGY if problem else
@@ -210,6 +226,14 @@ class Chat(commands.Cog):
             return
         await answer.update(text + (f"\n\n*({problem})*" if problem else ""), final=True)
         await self.store(message, question, context, generation, answer)
+
+    async def withdraw(self, answer: AnswerMessages) -> None:
+        """The question is gone: so is the half-written answer (nothing is stored)."""
+        for sent in answer.messages:
+            try:
+                await sent.delete()
+            except (discord.HTTPException, aiohttp.ClientError) as exc:
+                log.warning("could not delete an answer to a deleted question: %s", exc)
 
     async def store(self, message: discord.Message, question: str,
                     context: list[dict[str, str]], generation: Generation,
