@@ -235,13 +235,12 @@ def cmd_evaluate(config, args) -> int:
 def cmd_promote(config, args) -> int:
     from storage import SyncStore
 
-    from . import store as st
     from .gate import gate_version, newest_candidate
 
     with SyncStore(config.database_path, busy_timeout_ms=config.storage.busy_timeout_ms) as db:
         version = args.version or newest_candidate(db, args.name).version
         if args.force:
-            st.set_serving(db, args.name, version, reason="promoted with --force (no gate)")
+            db.set_serving(args.name, version, reason="promoted with --force (no gate)")
             print(f"{args.name} now serves v{version} (forced, no gate)")
             return 0
         decision = gate_version(config, db, args.name, version)
@@ -252,12 +251,11 @@ def cmd_promote(config, args) -> int:
 def cmd_rollback(config, args) -> int:
     from storage import SyncStore
 
-    from . import store as st
     from .gate import rollback_target
 
     with SyncStore(config.database_path, busy_timeout_ms=config.storage.busy_timeout_ms) as db:
         version = args.version or rollback_target(db, args.name)
-        st.set_serving(db, args.name, version, reason="rollback from the trainer command line")
+        db.set_serving(args.name, version, reason="rollback from the trainer command line")
     print(f"{args.name} now serves v{version}")
     return 0
 
@@ -265,10 +263,9 @@ def cmd_rollback(config, args) -> int:
 def cmd_runs(config, args) -> int:
     from storage import SyncStore
 
-    from . import store as st
 
     with SyncStore(config.database_path, busy_timeout_ms=config.storage.busy_timeout_ms) as db:
-        runs = st.list_runs(db, args.adapter, args.limit)
+        runs = db.list_runs(args.adapter, args.limit)
     if args.json:
         for run in runs:
             print(json.dumps(run.__dict__, ensure_ascii=False))

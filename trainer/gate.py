@@ -21,7 +21,6 @@ from typing import Any
 from storage import AdapterVersion, SyncStore
 
 from . import modeling
-from . import store as st
 from .data import row_to_example
 from .metrics import LossResult, dataset_loss
 from .versions import HELD_OUT_FILE, read_meta
@@ -131,7 +130,7 @@ def measure(source: str, placement: modeling.Placement, adapters: dict[str, Path
 
 def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> GateDecision:
     """Measure `version` against the serving one (or the base) and record the outcome."""
-    candidate = st.get_version(store, adapter, version)
+    candidate = store.get_version(adapter, version)
     if candidate.status == "serving":
         raise GateError(f"{adapter} v{version} is already serving")
     directory = resolve_version_path(config.adapters_dir, candidate.path)
@@ -140,14 +139,14 @@ def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> G
         decision = GateDecision(False, "refused: a full-model version is not an adapter and "
                                 "cannot be served by the bot; set model.name to its directory "
                                 "instead", math.nan, None, "none")
-        st.set_version_reason(store, adapter, version, decision.reason)
+        store.set_version_reason(adapter, version, decision.reason)
         return decision
     held_out = read_held_out(directory)
     if not held_out:
         decision = GateDecision(False, f"refused: v{version} has no held-out pairs to measure "
                                 "(too few pairs: add more, or raise training.validation_fraction)",
                                 math.nan, None, "none")
-        st.set_version_reason(store, adapter, version, decision.reason)
+        store.set_version_reason(adapter, version, decision.reason)
         return decision
     serving = store.serving_version(adapter)
     adapters: dict[str, Path | None] = {"candidate": directory}
@@ -170,9 +169,9 @@ def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> G
                       reference=reference, examples=len(held_out))
     log.info("gate for %s v%d: %s", adapter, version, decision.reason)
     if decision.promote:
-        st.set_serving(store, adapter, version, reason=decision.reason)
+        store.set_serving(adapter, version, reason=decision.reason)
     else:
-        st.set_version_reason(store, adapter, version, decision.reason)
+        store.set_version_reason(adapter, version, decision.reason)
     return decision
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from storage import SyncStore, validate_adapter_name
+from storage.sync import now_text
 
 from . import modeling
-from . import store as st
 from .data import (
     DB_SOURCE_PREFIX,
     DataError,
@@ -153,9 +153,9 @@ def run_training(config: Any, request: TrainRequest, *,
         except TrainingError as exc:
             if request.run_id:  # the row the bot created for this attempt
                 store.update_run(request.run_id, status="failed", error=str(exc),
-                                 finished_at=st.now_text())
+                                 finished_at=now_text())
             raise
-        record, created = st.ensure_adapter(store, adapter, config.model.name)
+        record, created = store.ensure_adapter(adapter, config.model.name)
         if created:
             log.info("created adapter %s (base model %s)", adapter, config.model.name)
         run_dir = request.run_dir
@@ -170,14 +170,14 @@ def run_training(config: Any, request: TrainRequest, *,
                 raise TrainingError(f"{run_dir} is a run of {saved.get('adapter')!r}, not of "
                                     f"{adapter!r}")
         run_id = request.run_id or (saved or {}).get("run_id")
-        run = (st.get_run(store, run_id) if run_id
-               else st.create_run(store, adapter, trigger=request.trigger))
+        run = (store.get_run(run_id) if run_id
+               else store.create_run(adapter, trigger=request.trigger))
         run_dir = Path(run_dir or runs_root(config, adapter) / f"run-{run.id}")
         run_dir.mkdir(parents=True, exist_ok=True)
         events = Events(request.events, on_event, run_dir / EVENTS_FILE)
         store.update_run(run.id, status="running", pid=os.getpid(), error=None,
                          log_path=str(run_dir / LOG_FILE),
-                         started_at=run.started_at or st.now_text(), finished_at=None)
+                         started_at=run.started_at or now_text(), finished_at=None)
         recipes: list[Recipe] = []  # filled by _train, so cleanup happens even on failure
         started = time.perf_counter()
         try:
@@ -189,7 +189,7 @@ def run_training(config: Any, request: TrainRequest, *,
             message = ("interrupted; continue with --resume" if interrupted
                        else str(exc) or type(exc).__name__)
             store.update_run(run.id, status="cancelled" if interrupted else "failed",
-                             error=message, finished_at=st.now_text())
+                             error=message, finished_at=now_text())
             events.emit("error", run_id=run.id, message=message)
             with contextlib.suppress(AttributeError):
                 exc.reported = True  # type: ignore[attr-defined]  # main() need not repeat it
@@ -255,7 +255,7 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
     recipes.append(recipe)
     recipe.setup(splits, resume=saved is not None)
     result = recipe.train()
-    number = st.next_version_number(store, adapter)
+    number = store.next_version_number(adapter)
     meta = {
         "adapter": adapter,
         "version": number,
@@ -274,7 +274,7 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
         "duration_s": round(time.perf_counter() - started, 1),
         "device": placement.device,
         "packages": package_versions(),
-        "created_at": st.now_text(),
+        "created_at": now_text(),
     }
     held_out_rows = [dict(row) for row in splits["held_out"]]
     path = write_version(config.adapters_dir, adapter, number, save=recipe.save, meta=meta,
@@ -291,7 +291,7 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
                             f"written (another process added a version); remove {path}")
     store.record_version_pairs(version.id, stored_pairs(splits))
     store.update_run(run_id, status="succeeded", version=number, metrics=result.metrics,
-                     finished_at=st.now_text())
+                     finished_at=now_text())
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing left to resume
     events.emit("done", run_id=run_id, adapter=adapter, version=number, path=str(path),
                 metrics=result.metrics)
