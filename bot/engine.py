@@ -174,7 +174,12 @@ class Engine:
             for job in batch:
                 groups[job.request.sampling.batch_key].append(job)
             for jobs in groups.values():
-                self._run_batch(jobs)
+                try:
+                    self._run_batch(jobs)
+                except Exception as exc:  # the worker must outlive any one batch
+                    log.exception("a batch of %d failed outside generation", len(jobs))
+                    for job in jobs:
+                        job.push(EngineError(f"the engine failed: {exc}"))
             if stop:
                 return
 

@@ -324,6 +324,22 @@ async def test_generation_errors_reach_the_caller_and_the_engine_goes_on(engine_
     assert await answer_text(engine, GenerationRequest(1, PROMPT, GREEDY)) is not None
 
 
+async def test_an_unexpected_failure_fails_its_batch_and_the_worker_lives_on(engine_factory,
+                                                                           monkeypatch):
+    engine = await engine_factory()
+    real_load_for = engine._load_for
+
+    def broken_once(jobs):
+        monkeypatch.setattr(engine, "_load_for", real_load_for)
+        raise RuntimeError("PEFT fell over while evicting")
+
+    monkeypatch.setattr(engine, "_load_for", broken_once)
+    with pytest.raises(EngineError, match="PEFT fell over"):
+        await asyncio.wait_for(answer_text(engine, GenerationRequest(1, PROMPT, GREEDY)), 30)
+    assert await asyncio.wait_for(answer_text(engine, GenerationRequest(1, PROMPT, GREEDY)),
+                                  30) is not None
+
+
 async def test_event_loop_stays_responsive_while_generating(engine_factory):
     engine = await engine_factory()
     lags: list[float] = []
