@@ -160,9 +160,11 @@ class TrainingService:
         config_path = await asyncio.to_thread(self.write_child_config, run.id)
         stderr_path = self.stderr_path(run.id)
         with stderr_path.open("wb") as stderr:
+            # its own session: a Ctrl-C meant for the bot does not cancel the run
             process = await asyncio.create_subprocess_exec(
                 *self.command(adapter, run.id, trigger, config_path),
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=self.child_environment())
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=self.child_environment(),
+                start_new_session=True)
         _lower_priority(process.pid)
         # the lock now names the child: if the bot dies, the run still holds it
         await self.db.hand_over_training_lock(run.id, process.pid, from_pid=os.getpid())
@@ -221,17 +223,17 @@ class TrainingService:
         return outcome
 
     async def cancel(self) -> bool:
-        """Stop the active run cleanly (the trainer records it as cancelled)."""
+        """Stop the active run cleanly (the trainer turns SIGTERM into a cancelled run)."""
         active = self.active
         if active is None:
             return False
         active.cancelled = True
         with contextlib.suppress(ProcessLookupError):
-            active.process.send_signal(signal.SIGINT)
+            active.process.send_signal(signal.SIGTERM)  # the trainer records "cancelled"
         try:
             await asyncio.wait_for(active.process.wait(), CANCEL_GRACE_S)
         except TimeoutError:
-            log.warning("training run %d ignored SIGINT for %d s; killing it",
+            log.warning("training run %d ignored SIGTERM for %d s; killing it",
                         active.run.id, CANCEL_GRACE_S)
             with contextlib.suppress(ProcessLookupError):
                 active.process.kill()

@@ -84,13 +84,18 @@ class Database:
             try:
                 await conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
+                await asyncio.shield(conn.rollback())  # a no-op unless BEGIN went through
                 raise describe_error(exc, str(self.path)) from exc
-            try:
-                yield conn
             except BaseException:
+                # cancelled while aiosqlite's thread still ran BEGIN: never leave it open
                 await asyncio.shield(conn.rollback())
                 raise
-            await conn.execute("COMMIT")
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:  # the body failed, was cancelled, or COMMIT itself failed
+                await asyncio.shield(conn.rollback())
+                raise
 
     async def _one(self, sql: str, params: tuple = ()) -> sqlite3.Row | None:
         async with self.conn.execute(sql, params) as cursor:

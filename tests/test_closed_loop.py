@@ -77,3 +77,20 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
     assert (await s.db.serving_version("faq")).version == 3
     _, last = await ask(s, "Still there?")
     assert (await s.db.turn_for_answer_message(last.id)).adapter_version == 3
+
+
+@pytest.mark.timeout(300)
+async def test_a_refused_progress_message_does_not_strand_the_run(world):  # noqa: F811
+    s = await world()
+    seed = s.config.data_dir / "seed.jsonl"
+    seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
+                    encoding="utf-8")
+    await s.db.import_pairs(seed, "faq")
+    s.fake.fail_next("POST", r"/webhooks/\d+/[^/]+", status=400)  # the progress follow-up
+    await s.fake.invoke_command("train", {"adapter": "faq"}, subcommand="start",
+                                user_id=s.admin.id, channel_id=s.general.id)
+    result = await s.fake.wait_for_bot_message(
+        s.general.id, predicate=lambda m: m.content.startswith(("✅", "🟡", "❌")), timeout=240)
+    assert "faq v3 trained" in result.content, result.content
+    assert s.bot.training.active is None  # free for the next run
+    assert (await s.db.list_runs("faq", limit=1))[0].status == "succeeded"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 
@@ -331,3 +332,16 @@ async def test_sync_store_sees_what_the_bot_wrote(tmp_path):
                 store.require_adapter("nope")
         assert (await db.serving_version("faq")).metrics == {"eval_loss": 0.9}
         assert (await db.get_run(run.id)).status == "succeeded"
+
+
+async def test_a_write_cancelled_at_begin_leaves_no_transaction_open(db):
+    """Cancelling a writer mid-BEGIN must not wedge the connection for every later write."""
+    task = asyncio.create_task(db.record_turn(channel_id=1, author_id=1, question="q",
+                                              answer="a"))
+    await asyncio.sleep(0)  # let it reach BEGIN IMMEDIATE
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert not db.conn.in_transaction
+    turn = await db.record_turn(channel_id=1, author_id=2, question="q2", answer="a2")
+    assert (await db.get_turn(turn)).question == "q2"

@@ -142,6 +142,14 @@ class Chat(commands.Cog):
             generation.cancel()
             log.info("question %d was deleted: its answer stopped", payload.message_id)
 
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self,
+                                         payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:  # a purge stops every answer it touches
+            await self.on_raw_message_delete(
+                discord.RawMessageDeleteEvent({"id": message_id,
+                                               "channel_id": payload.channel_id}))
+
     def cooldown_left(self, user_id: int) -> float:
         last = self.last_question_at.get(user_id)
         if last is None:
@@ -215,6 +223,8 @@ class Chat(commands.Cog):
         finally:
             deleted = message.id not in self.in_flight and generation is not None
             self.in_flight.pop(message.id, None)
+            if generation is not None:
+                generation.cancel()  # frees the slot if anything above ended it early
         if deleted:
             await self.withdraw(answer)
             return

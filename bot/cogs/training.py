@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -47,28 +48,36 @@ class Training(SlashCog):
         await interaction.response.defer(thinking=True)
         run = await self.service.start(adapter, trigger="manual",
                                        requested_by=interaction.user.id)
-        message = await interaction.followup.send(
-            f"🏋️ Training **{adapter}** (run {run.id}) on its approved pairs…", wait=True)
-        task = asyncio.create_task(self.report(message, adapter))
+        # the run is followed to its end even if Discord refuses the progress message:
+        # otherwise nobody drains its events and the service stays busy
+        task = asyncio.create_task(self.report(interaction, adapter, run.id))
         self.followers.add(task)
         task.add_done_callback(self.followers.discard)
 
-    async def report(self, message: discord.WebhookMessage, adapter: str) -> None:
+    async def report(self, interaction: discord.Interaction, adapter: str, run_id: int) -> None:
+        message = None
+        try:
+            message = await interaction.followup.send(
+                f"🏋️ Training **{adapter}** (run {run_id}) on its approved pairs…", wait=True)
+        except discord.HTTPException as exc:
+            log.warning("could not post the progress of run %d: %s", run_id, exc)
         last_edit = 0.0
 
         async def on_event(event: dict) -> None:
             nonlocal last_edit
-            if event.get("event") not in ("step", "eval") or self.service.active is None:
+            if message is None or event.get("event") not in ("step", "eval"):
                 return
-            if time.monotonic() - last_edit < EDIT_EVERY_S:
+            if self.service.active is None or time.monotonic() - last_edit < EDIT_EVERY_S:
                 return  # progress is a glance, not a stream
             last_edit = time.monotonic()
-            await message.edit(content=f"🏋️ Training {self.service.active.progress()}")
+            with contextlib.suppress(discord.HTTPException):
+                await message.edit(content=f"🏋️ Training {self.service.active.progress()}")
 
         outcome = await self.service.follow(on_event)
-        await self.finish(message, outcome)
+        await self.finish(message, interaction.channel, outcome)
 
-    async def finish(self, message: discord.WebhookMessage, outcome: Outcome) -> None:
+    async def finish(self, message: discord.WebhookMessage | None, channel,
+                     outcome: Outcome) -> None:
         icon = {"succeeded": "✅" if outcome.promoted else "🟡", "cancelled": "⏹️"}.get(
             outcome.status, "❌")
         text = f"{icon} {outcome.summary()}"
@@ -76,14 +85,17 @@ class Training(SlashCog):
         if outcome.loss_curve is not None:
             files.append(discord.File(outcome.loss_curve, filename="loss_curve.png"))
         try:
-            await message.edit(content=text, attachments=files)
+            if message is not None:
+                await message.edit(content=text, attachments=files)
+            else:
+                await channel.send(text, files=files)
         except discord.HTTPException as exc:
             log.warning("could not post the training result: %s", exc)
         target = (self.config.discord.announce_channel_id if outcome.promoted
                   else self.config.discord.admin_channel_id)
-        channel = self.bot.get_channel(target) if target else None
-        if channel is not None and channel.id != message.channel.id:
-            await channel.send(text)
+        announce = self.bot.get_channel(target) if target else None
+        if announce is not None and announce.id != channel.id:
+            await announce.send(text)
 
     @train.command(name="status", description="The training run going on, and the last ones")
     @admin_only()
