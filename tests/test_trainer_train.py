@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import trainer.model_setup as model_setup
 import trainer.train as train_module
 from storage import SyncStore
 from trainer.data import Example, build_splits
@@ -291,7 +292,7 @@ def test_qlora_without_4bit_support_is_a_clear_error(tiny_model_dir, tmp_path, m
         assert placement.load_in_4bit
         raise RuntimeError("no kernel image is available for this device")
 
-    monkeypatch.setattr(train_module, "load_model", no_4bit)
+    monkeypatch.setattr(model_setup, "load_model", no_4bit)  # where the recipe loads from
     run = recipe(tiny_model_dir, tmp_path, method="qlora")
     with pytest.raises(train_module.TrainingError, match=r"method qlora needs bitsandbytes "
                        r"4-bit support on cpu, which failed here \(RuntimeError: no kernel.*"

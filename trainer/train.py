@@ -19,19 +19,19 @@ a 4-bit NF4 base through bitsandbytes) and `full` (every weight). The loop:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from .errors import NonFiniteLossError, TrainingError
+from .events import Events
 from .formatting import (
     EncodeStats,
     LengthGroupedBatches,
@@ -40,20 +40,18 @@ from .formatting import (
     make_collator,
 )
 from .metrics import LossResult, answer_token_count, dataset_loss
-from .modeling import ModelError, Placement, load_model
+from .model_setup import (
+    load_for_training,
+    load_trainable_state,
+    rss_mb,
+    trainable_state,
+)
+from .modeling import Placement
 
 log = logging.getLogger(__name__)
 
 METHODS = ("lora", "qlora", "full")
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what to change."""
-
-
-class NonFiniteLossError(TrainingError):
-    pass
 
 
 @dataclass
@@ -129,135 +127,6 @@ class TrainResult:
     state: TrainState
     metrics: dict[str, Any]
     encode_stats: dict[str, EncodeStats]
-
-
-class Events:
-    """Progress for the bot: JSON lines on stdout (--events), and an optional callback."""
-
-    def __init__(self, to_stdout: bool = False, callback: Callable[[dict], None] | None = None,
-                 path: Path | None = None):
-        self.to_stdout = to_stdout
-        self.callback = callback
-        self.path = path
-
-    def emit(self, event: str, **data: Any) -> None:
-        record = {"event": event, **{k: _plain(v) for k, v in data.items()}}
-        line = json.dumps(record, default=_json_default, allow_nan=False)
-        if self.to_stdout:
-            print(line, flush=True)
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(line + "\n")
-        if self.callback is not None:
-            self.callback(record)
-
-
-def _plain(value: Any) -> Any:
-    """Strict JSON for the reader: NaN and infinities travel as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-# --- model set-up --------------------------------------------------------------------
-
-def load_for_training(source: str, placement: Placement, cfg: TrainConfig, *,
-                      allow_download: bool = False) -> Any:
-    """The base model, prepared for `cfg.method` (a PeftModel for lora/qlora)."""
-    from dataclasses import replace
-
-    if cfg.method == "qlora":
-        placement = replace(placement, load_in_4bit=True)
-        if placement.device == "cpu":
-            log.warning("QLoRA on CPU works but is about ten times slower than LoRA")
-    elif cfg.method == "full" and placement.device == "cuda":
-        # full training keeps float32 master weights; bf16 comes from autocast
-        placement = replace(placement, dtype_name="float32", load_in_4bit=False)
-    else:
-        placement = replace(placement, load_in_4bit=False)
-    try:
-        model = load_model(source, placement, allow_download=allow_download)
-    except ModelError:
-        raise
-    except Exception as exc:  # bitsandbytes raises many kinds when 4-bit is unsupported
-        if cfg.method == "qlora":
-            raise TrainingError(f"method qlora needs bitsandbytes 4-bit support on "
-                                f"{placement.device}, which failed here ({type(exc).__name__}: "
-                                f"{exc}); use --method lora, or install a bitsandbytes build "
-                                f"for this machine (pip install -e '.[gpu]')") from exc
-        raise
-    model.config.use_cache = False  # the cache is for generation; training only wastes memory
-    if cfg.method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        if placement.device == "cpu":
-            _keep_4bit_weights_trainable(model)
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.method == "full":
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    targets: str | list[str] = cfg.target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"  # peft's shorthand: every linear layer but the output head
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, lora)
-    except ValueError as exc:
-        raise TrainingError(f"cannot add LoRA to modules {cfg.target_modules}: {exc}; set "
-                            f"training.target_modules to names of linear layers, or "
-                            f"['all-linear']") from exc
-
-
-def _keep_4bit_weights_trainable(model: Any) -> None:
-    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights for a faster
-    kernel the first time it runs in eval mode (our validation) and never packs them back;
-    that kernel has no backward, so gradients stop flowing through the base layers (torch
-    only warns). Opting out of the repacking keeps QLoRA training correct on CPU."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def trainable_state(model: Any) -> dict[str, Any]:
-    """Copies of the weights being trained (LoRA only, or everything for `full`)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
-            if p.requires_grad}
-
-
-def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise TrainingError(f"the checkpoint does not fit this model ({len(missing)} unknown "
-                            f"weights, e.g. {missing[0]}); start a new run without --resume")
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value.to(params[name].device))
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- the recipe ----------------------------------------------------------------------
