@@ -115,13 +115,16 @@ class TrainingService:
         """At start-up: clear a lock whose process is gone, and close the runs it left."""
         lock = await self.db.training_lock()
         if lock is not None:
-            if lock["host"] == socket.gethostname() and not _alive(lock["pid"]):
+            if lock["host"] == socket.gethostname() and not _holds(lock["pid"], lock["run_id"]):
                 await self.db.release_training_lock()
                 log.warning("cleared a training lock left by process %d (run %s), which is "
                             "gone", lock["pid"], lock["run_id"])
             else:
                 log.warning("training is locked by process %d on %s (run %s); no run starts "
-                            "here until it ends", lock["pid"], lock["host"], lock["run_id"])
+                            "here until it ends. If that host is gone (a replaced container: "
+                            "give the container a fixed hostname, as compose.yaml does), clear "
+                            "it with: sqlite3 %s 'DELETE FROM training_lock'", lock["pid"],
+                            lock["host"], lock["run_id"], self.config.database_path)
         held = await self.db.training_lock()
         for run in await self.db.runs_left_running():
             if held is not None and held["run_id"] == run.id:
@@ -242,6 +245,24 @@ class TrainingService:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _holds(pid: int, run_id: int | None) -> bool:
+    """Is `pid` still the process that took the lock (not a new one with a reused pid)?
+
+    A run's lock names the trainer child, whose command line carries `--run-id N`;
+    where /proc is not there to read it, a live pid has to do.
+    """
+    if not _alive(pid):
+        return False
+    if run_id is None:
+        return True  # the bot's own hold while it spawns the child
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return any(a == b"--run-id" and b == str(run_id).encode()
+               for a, b in zip(args, args[1:], strict=False))
 
 
 def _alive(pid: int) -> bool:

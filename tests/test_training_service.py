@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -109,3 +110,34 @@ async def test_a_live_lock_is_respected(setup):
     with pytest.raises(TrainingBusy, match="holds this host's lock"):
         await service.start("faq")
     assert (await db.stats())["runs"] == 0  # refused before recording anything
+
+
+async def test_a_lock_whose_pid_was_reused_is_cleared(setup):
+    """After a container restart the old child's pid may belong to another process."""
+    db, config = setup
+    run = await db.create_run("faq")
+    await db.update_run(run.id, status="running", pid=os.getpid())
+    # alive, but this test process is not the trainer of that run
+    assert await db.acquire_training_lock(run.id, os.getpid(), socket.gethostname()) is None
+    service = TrainingService(config(epochs=1), db, engine=RecordingEngine())
+    await service.recover()
+    assert await db.training_lock() is None
+    assert (await db.get_run(run.id)).status == "failed"
+
+
+async def test_a_lock_held_by_a_live_trainer_is_kept(setup):
+    db, config = setup
+    run = await db.create_run("faq")
+    # stands in for `python -m trainer train ... --run-id N` that is still going
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              "--run-id", str(run.id)])
+    try:
+        await db.update_run(run.id, status="running", pid=child.pid)
+        assert await db.acquire_training_lock(run.id, child.pid, socket.gethostname()) is None
+        service = TrainingService(config(epochs=1), db, engine=RecordingEngine())
+        await service.recover()
+        assert (await db.training_lock())["run_id"] == run.id
+        assert (await db.get_run(run.id)).status == "running"
+    finally:
+        child.kill()
+        child.wait()
