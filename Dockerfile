@@ -41,6 +41,11 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin bot \
 USER 10001:10001
 VOLUME ["/data"]
 
+# The HTTP API ([http] enabled = true, off by default). Inside a container it must listen
+# on 0.0.0.0 (BOT_HTTP_HOST) to be published; publish it on the host's loopback only:
+#   docker run -p 127.0.0.1:8080:8080 -e BOT_HTTP_ENABLED=true -e BOT_HTTP_HOST=0.0.0.0 ...
+EXPOSE 8080
+
 # The running bot rewrites /data/heartbeat every 15 s; stale after 90 s.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "-m", "bot", "healthcheck"]

@@ -44,20 +44,60 @@ async def _heartbeat(path: Path) -> None:
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 
 
+def with_http_server(config, engine, db, router):
+    """The HTTP server when `[http] enabled` (else None), and the engine the bot should
+    use: the server's metered one, so that /metrics counts every answer, not only the API's.
+    Raises HttpConfigError (no token, ...) before anything loads."""
+    from .http_api import HttpConfigError, HttpServer
+
+    if not config.http.enabled:
+        if config.web.enabled:
+            raise HttpConfigError("[web] enabled = true needs the bot's HTTP server, which "
+                                  "serves the review page: set [http] enabled = true too")
+        return engine, None
+
+    server = HttpServer.from_config(config, engine, db, router)
+    return server.engine, server
+
+
+def mount_review_site(config, server, db, engine, *, training=None, describe_channel=None):
+    """The web review page on the HTTP server when `[web] enabled`; its sessions (or None)."""
+    if not config.web.enabled:
+        return None
+    from .web.app import create_review_app
+    from .web.sessions import MOUNT_PATH, ReviewSessions
+
+    sessions = ReviewSessions.from_config(config.web)
+    server.mount(MOUNT_PATH, create_review_app(
+        config=config, db=db, sessions=sessions, training=training, promote=engine.promote,
+        describe_channel=describe_channel))
+    return sessions
+
+
 async def run_console(config) -> int:
     from .console import ConsoleChat
-    from .engine import Engine
+    from .remote_engine import create_engine
     from .routing import Router
 
     heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
     try:
         async with Database(config.database_path,
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
-            engine = Engine(config, Router(config, db))
+            router = Router(config, db)
+            engine, server = with_http_server(config, create_engine(config, router), db, router)
+            chat = ConsoleChat(config, engine, db)
+            sessions = (mount_review_site(config, server, db, engine, training=chat.training)
+                        if server is not None else None)
             await engine.start()
             try:
-                return await ConsoleChat(config, engine, db).run()
+                if server is not None:
+                    await server.start()
+                if sessions is not None:  # the console's user is the admin
+                    print(f"review page: {sessions.mint_link(0, 'console')}", flush=True)
+                return await chat.run()
             finally:
+                if server is not None:
+                    await server.close()
                 await engine.close()
     finally:
         heartbeat.cancel()
@@ -67,7 +107,7 @@ async def run_discord(config, token: str) -> int:
     import discord
 
     from .discord_bot import ChannelBot
-    from .engine import Engine
+    from .remote_engine import create_engine
     from .routing import Router
     from .scheduler import NightlyTraining
 
@@ -76,12 +116,18 @@ async def run_discord(config, token: str) -> int:
         async with Database(config.database_path,
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
             router = Router(config, db)
-            engine = Engine(config, router)
+            engine, server = with_http_server(config, create_engine(config, router), db, router)
             bot = ChannelBot(config, db, engine, router)
+            if server is not None:
+                bot.review_sessions = mount_review_site(
+                    config, server, db, engine, training=bot.training,
+                    describe_channel=lambda c: getattr(bot.get_channel(c), "name", None))
             nightly = NightlyTraining(config, db, bot.training)
             try:
                 await bot.login(token)  # a wrong token fails here, before the model loads
                 await engine.start()
+                if server is not None:
+                    await server.start()
                 await bot.training.recover()
                 await nightly.start()
                 await bot.connect()
@@ -98,6 +144,8 @@ async def run_discord(config, token: str) -> int:
             finally:
                 nightly.stop()
                 await bot.close()
+                if server is not None:
+                    await server.close()
                 await engine.close()
     finally:
         heartbeat.cancel()
@@ -132,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "run"
     if command == "healthcheck":
         return healthcheck(config)
+    from .generation import EngineError
+    from .http_api import HttpConfigError
+
     try:
         if command == "run" and token:
             return asyncio.run(run_discord(config, token))
         return asyncio.run(run_console(config))
-    except (ModelError, StorageError) as exc:
+    except (ModelError, StorageError, EngineError, HttpConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

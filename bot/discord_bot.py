@@ -50,6 +50,7 @@ class ChannelBot(commands.Bot):
         self.engine = engine
         self.router = router
         self.training = TrainingService(config, db, engine)
+        self.review_sessions = None  # bot.web.ReviewSessions when [web] is enabled
 
     async def setup_hook(self) -> None:
         for name in COGS:
