@@ -25,7 +25,7 @@ APP_EXTRAS := $(if $(EXTRAS),[$(EXTRAS)],)
 comma := ,
 DEV_EXTRAS := [dev$(if $(EXTRAS),$(comma)$(EXTRAS),)]
 
-.PHONY: help run test install install-dev model lint clean
+.PHONY: help run test install install-dev model lint clean browser
 
 help:
 	@echo "make run     set up everything and start the bot (console chat without DISCORD_TOKEN)"
@@ -63,7 +63,18 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check bot trainer storage tests bench
 	$(BIN)/hadolint Dockerfile
 
-test: $(STAMP_DEV) model lint
+# Chromium for tests/test_web_browser.py (which skips without it): Debian's package,
+# installed where apt-get is there and we are root; quietly left out everywhere else.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 \
+			&& [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (apt-get) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: chromium could not be installed; the browser test will be skipped"; \
+	fi
+
+test: $(STAMP_DEV) model lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

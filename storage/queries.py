@@ -168,3 +168,58 @@ def update_run_sql(columns: list[str]) -> str:
     if unknown:
         raise ValueError(f"training_runs has no updatable column(s) {sorted(unknown)}")
     return "UPDATE training_runs SET " + ", ".join(f"{c} = ?" for c in columns) + " WHERE id = ?"
+
+
+# --- the web review page: searching pairs, counts, what a version saw, the admin log ---
+# the review columns as a sub-query, so filters and sorts can name `score` and `status`
+# (adapter '__base__', records.BASE_ADAPTER, selects the pairs the base model answered)
+_REVIEW_SEARCH = "SELECT * FROM (" + _REVIEW_COLUMNS + """) AS pair
+WHERE status = ?
+  AND (? IS NULL OR COALESCE(review_adapter, '__base__') = ?)
+  AND (? IS NULL OR channel_id = ?)
+  AND (? IS NULL OR score >= ?)
+  AND (? IS NULL OR question LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\'
+       OR edited_answer LIKE ? ESCAPE '\\')"""
+# every sort ends with the turn id, so pages of a listing never overlap
+REVIEW_SORTS = {
+    "score": "score DESC, id",
+    "newest": "id DESC",
+    "oldest": "id",
+    "adapter": "review_adapter, score DESC, id",
+    "channel": "channel_id, score DESC, id",
+    "reviewed": "reviewed_at DESC, id DESC",
+}
+REVIEW_COUNTS = "SELECT adapter_name, status, COUNT(*) AS n FROM review GROUP BY 1, 2"
+REVIEW_CHANNELS = """
+SELECT DISTINCT t.channel_id FROM review r JOIN turns t ON t.id = r.turn_id
+WHERE r.status = ? ORDER BY 1"""
+# a turn deleted by /forget leaves its number here and nothing else
+VERSION_PAIRS = """
+SELECT p.turn_id, p.split, t.question, COALESCE(r.edited_answer, t.answer) AS answer
+FROM version_pairs p
+JOIN adapter_versions v ON v.id = p.version_id JOIN adapters a ON a.id = v.adapter_id
+LEFT JOIN turns t ON t.id = p.turn_id LEFT JOIN review r ON r.turn_id = p.turn_id
+WHERE a.name = ? AND v.version = ?
+ORDER BY CASE p.split WHEN 'train' THEN 0 WHEN 'validation' THEN 1 ELSE 2 END, p.turn_id"""
+INSERT_ADMIN_ACTION = """
+INSERT INTO admin_actions (admin_id, source, action, target, detail) VALUES (?, ?, ?, ?, ?)"""
+RECENT_ADMIN_ACTIONS = "SELECT * FROM admin_actions ORDER BY id DESC LIMIT ?"
+
+
+def search_reviews_sql(sort: str, *, count: bool = False) -> str:
+    """The pair search with a whitelisted sort (parameters: see `review_search_params`)."""
+    if count:
+        return "SELECT COUNT(*) FROM (" + _REVIEW_SEARCH + ")"
+    if sort not in REVIEW_SORTS:
+        raise ValueError(f"unknown sort {sort!r}; one of {', '.join(REVIEW_SORTS)}")
+    return _REVIEW_SEARCH + " ORDER BY " + REVIEW_SORTS[sort] + " LIMIT ? OFFSET ?"
+
+
+def review_search_params(status: str, adapter: str | None, channel_id: int | None,
+                         min_score: int | None, text: str | None) -> tuple:
+    pattern = None
+    if text:
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+    return (status, adapter, adapter, channel_id, channel_id, min_score, min_score,
+            pattern, pattern, pattern, pattern)

@@ -1,4 +1,7 @@
-"""/review: admins approve, reject or correct voted pairs before they train anything."""
+"""/review: admins approve, reject or correct voted pairs before they train anything.
+
+`/review web` hands an admin a one-time link to the same review on the web (bot.web).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,10 @@ class EditAnswer(discord.ui.Modal, title="Correct the answer"):
                                            default=clip(item.turn.answer, 4000), max_length=4000,
                                            custom_id="review:edited-answer")
         self.add_item(self.answer)
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # discord.py finds an open form by its custom_id alone: anyone could submit it
+        return await self.view.interaction_check(interaction)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.view.decide(interaction, "approved", edited=self.answer.value)
@@ -186,6 +193,24 @@ class Review(SlashCog):
         await reply(interaction, f"Approve {count} pending pairs{scope} with a score of at "
                     f"least {min_score}? They will train the next version.",
                     view=ConfirmBulk(self, min_score, adapter, count))
+
+    @review.command(name="web", description="A one-time link to the review page in your "
+                    "browser")
+    @admin_only()
+    async def web_link(self, interaction: discord.Interaction) -> None:
+        # the bot sets review_sessions (bot.web.ReviewSessions) when [web] is enabled
+        sessions = getattr(self.bot, "review_sessions", None)
+        if sessions is None:
+            await reply(interaction, "The web review page is off. To use it, set `enabled = "
+                        "true` and `public_url` in the `[web]` section of config.toml and "
+                        "restart the bot.")
+            return
+        link = sessions.mint_link(interaction.user.id, str(interaction.user))
+        minutes = max(1, round(sessions.link_ttl_s / 60))
+        log.info("review page sign-in link minted for %d", interaction.user.id)  # not the link
+        await reply(interaction, f"Your sign-in link to the review page works once, for "
+                    f"{minutes} minute{'s' if minutes != 1 else ''}; don't share it:\n<{link}>",
+                    suppress_embeds=True)
 
 
 async def setup(bot) -> None:

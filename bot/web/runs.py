@@ -1,0 +1,183 @@
+"""Training runs: their status, live progress as server-sent events, start and cancel.
+
+Progress comes from the file every run writes, `events.jsonl` beside its log (see
+trainer.pipeline): the same JSON events the bot relays to Discord, so a run started
+by `/train`, by the nightly schedule or from the command line can be watched too.
+Each event's line number is its SSE id, so a reconnecting browser resumes where it
+stopped. Starting and cancelling go through the bot's TrainingService, the path of
+`/train start` and `/train cancel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from storage import StorageError, TrainingRun
+
+from ..training import TrainingBusy
+from .app import SECURITY_HEADERS, SITE, admin_of, done, failure, nav_counts, render, url
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.jsonl"  # trainer.pipeline.EVENTS_FILE
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+KEEPALIVE_S = 15.0
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/runs", runs_page, name="runs")
+    router.add_post("/runs/start", start_run, name="start_run")
+    router.add_post("/runs/cancel", cancel_run, name="cancel_run")
+    router.add_get("/runs/{run_id:\\d+}/events", run_events, name="run_events")
+
+
+def run_events_path(config, run: TrainingRun) -> Path:
+    """Where a run writes its events: beside its log, inside the data directory."""
+    default = config.data_dir / "runs" / run.adapter / f"run-{run.id}" / EVENTS_FILE
+    if not run.log_path:
+        return default
+    path = (Path(run.log_path).parent / EVENTS_FILE).resolve()
+    return path if path.is_relative_to(config.data_dir) else default
+
+
+class EventTail:
+    """Reads the complete lines added to an events file since the last read."""
+
+    def __init__(self, path: Path, skip_lines: int = 0):
+        self.path = path
+        self.offset = 0  # bytes consumed
+        self.line = 0  # lines consumed
+        self.skip_lines = skip_lines
+
+    def read(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
+        self.offset += end
+        events = []
+        for raw in data[:end].splitlines():
+            self.line += 1
+            if self.line <= self.skip_lines:
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append((self.line, event))
+        return events
+
+
+def read_events(path: Path, skip_lines: int = 0) -> tuple[list[tuple[int, dict]], int]:
+    tail = EventTail(path, skip_lines)
+    return tail.read(), tail.line
+
+
+async def runs_page(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    runs = await site.db.list_runs(limit=30)
+    active = site.training.active if site.training is not None else None
+    watch = request.query.get("run", "")
+    watched = int(watch) if watch.isdigit() else (
+        active.run.id if active is not None else (runs[0].id if runs else None))
+    return render(request, "runs.html", page="runs", nav=await nav_counts(request), runs=runs,
+                  active=active, watched=watched, adapters=await site.db.adapter_names(),
+                  training_available=site.training is not None)
+
+
+async def start_run(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    if site.training is None:
+        return failure(request, 503, "training cannot be started from this page here: the "
+                       "site runs without the bot's training service")
+    form = await request.post()
+    adapter = form.get("adapter")
+    if not isinstance(adapter, str) or not adapter:
+        return failure(request, 400, "choose the adapter to train")
+    admin = admin_of(request)
+    try:
+        run = await site.training.start(adapter, trigger="manual", requested_by=admin.id)
+    except TrainingBusy as exc:
+        return failure(request, 409, str(exc))
+    except (StorageError, ValueError) as exc:
+        return failure(request, 400, str(exc))
+    # someone must read the run's events to its end, or the service stays busy
+    task = asyncio.create_task(_follow(site, run.id))
+    site.followers.add(task)
+    task.add_done_callback(site.followers.discard)
+    await site.record(request, "train_start", f"run {run.id}", adapter=adapter)
+    return done(request, {"run_id": run.id, "adapter": adapter},
+                url(request, "runs", {"run": run.id}))
+
+
+async def _follow(site, run_id: int) -> None:
+    try:
+        outcome = await site.training.follow()
+    except Exception:
+        log.exception("following training run %d failed", run_id)
+        return
+    log.info("web review: %s", outcome.summary())
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    active = site.training.active if site.training is not None else None
+    if active is None:
+        return failure(request, 409, "no training run is going on")
+    run_id = active.run.id
+    await site.record(request, "train_cancel", f"run {run_id}")
+    await site.training.cancel()
+    return done(request, {"run_id": run_id, "cancelled": True},
+                url(request, "runs", {"run": run_id}))
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: each progress event of the run, then `end` when it is over."""
+    site = request.app[SITE]
+    run_id = int(request.match_info["run_id"])
+    try:
+        run = await site.db.get_run(run_id)
+    except StorageError as exc:
+        return failure(request, 404, str(exc))
+    last_id = request.headers.get("Last-Event-ID", "")
+    tail = EventTail(run_events_path(site.config, run),
+                     int(last_id) if last_id.isdigit() else 0)
+    response = web.StreamResponse(headers={**SECURITY_HEADERS,
+                                           "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})  # nginx: no buffering
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    try:
+        while True:
+            run = await site.db.get_run(run_id)  # before reading: no line is missed at the end
+            path = run_events_path(site.config, run)  # known once the run has started
+            if path != tail.path:
+                tail = EventTail(path, tail.skip_lines)
+            events = await asyncio.to_thread(tail.read)
+            for number, event in events:
+                await response.write(f"id: {number}\ndata: {json.dumps(event)}\n\n".encode())
+            if events:
+                quiet_since = loop.time()
+            elif run.status in FINISHED:
+                end = {"status": run.status, "version": run.version, "error": run.error}
+                await response.write(f"event: end\ndata: {json.dumps(end)}\n\n".encode())
+                break
+            elif loop.time() - quiet_since > KEEPALIVE_S:
+                await response.write(b": still running\n\n")  # finds a closed browser
+                quiet_since = loop.time()
+            await asyncio.sleep(site.event_poll_s)
+    except ConnectionResetError:
+        pass  # the browser went away
+    return response
