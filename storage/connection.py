@@ -10,9 +10,10 @@ from .migrations import apply_migrations
 
 # WAL: readers never block the writer. synchronous=NORMAL in WAL mode keeps every
 # committed transaction through a crash of the process (kill -9); only a power
-# loss can lose the last commits.
+# loss can lose the last commits. secure_delete: deleted rows (/forget) are
+# overwritten with zeros, not left in free space (some SQLite builds default to off).
 PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA foreign_keys = ON",
-           "PRAGMA synchronous = NORMAL")
+           "PRAGMA synchronous = NORMAL", "PRAGMA secure_delete = ON")
 
 
 def connect_sync(path: str | Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:

@@ -337,13 +337,23 @@ class Database:
     async def forget_user(self, user_id: int, *, min_score: int) -> dict[str, int]:
         """Delete a user's questions (with their answers, votes and reviews) and votes.
 
-        Pending candidates that relied on the user's votes are withdrawn.
+        Pending candidates that relied on the user's votes are withdrawn. The rows are
+        gone from the files too: secure_delete zeroes them in the database, and the WAL,
+        whose older frames still hold them, is checkpointed and emptied.
         """
         async with self._write() as conn:
             votes = (await conn.execute(q.DELETE_VOTES_OF_USER, (user_id,))).rowcount
             turns = (await conn.execute(q.DELETE_TURNS_OF_AUTHOR, (user_id,))).rowcount
             await conn.execute(q.PRUNE_PENDING_BELOW, (min_score,))
+        await self.truncate_wal()
         return {"turns": turns, "votes": votes}
+
+    async def truncate_wal(self) -> bool:
+        """Copy the WAL into the database file and empty it; False if a reader (the
+        trainer) still used it, in which case SQLite overwrites it as writes go on."""
+        async with self._write_lock:
+            busy, _, _ = await self._one("PRAGMA wal_checkpoint(TRUNCATE)")
+        return busy == 0
 
     # --- training runs --------------------------------------------------------------
     async def create_run(self, adapter: str, *, trigger: str = "manual",
@@ -420,6 +430,54 @@ class Database:
 
     async def stats(self) -> dict[str, int]:
         return dict(await self._one(q.STATS))
+
+    # --- the web review page ----------------------------------------------------------
+    async def search_reviews(self, status: str = "pending", *, adapter: str | None = None,
+                             channel_id: int | None = None, min_score: int | None = None,
+                             text: str | None = None, sort: str = "score", limit: int = 100,
+                             offset: int = 0) -> list[ReviewItem]:
+        """Review items filtered by adapter (BASE_ADAPTER: the base model's), channel,
+        least score and a text in the question or answer, in one of `q.REVIEW_SORTS`."""
+        params = q.review_search_params(status, adapter, channel_id, min_score, text)
+        rows = await self._all(q.search_reviews_sql(sort), (*params, limit, offset))
+        return [_review_item(r) for r in rows]
+
+    async def count_search_reviews(self, status: str = "pending", *, adapter: str | None = None,
+                                   channel_id: int | None = None, min_score: int | None = None,
+                                   text: str | None = None) -> int:
+        params = q.review_search_params(status, adapter, channel_id, min_score, text)
+        return (await self._one(q.search_reviews_sql("score", count=True), params))[0]
+
+    async def review_counts(self) -> dict[str | None, dict[str, int]]:
+        """{adapter (None: the base model's pairs): {status: count}} over every pair."""
+        counts: dict[str | None, dict[str, int]] = {}
+        for row in await self._all(q.REVIEW_COUNTS):
+            counts.setdefault(row["adapter_name"], {s: 0 for s in REVIEW_STATUSES})[
+                row["status"]] = row["n"]
+        return counts
+
+    async def review_channels(self, status: str = "pending") -> list[int]:
+        """Channels that have pairs in `status` (what a channel filter can offer)."""
+        return [r[0] for r in await self._all(q.REVIEW_CHANNELS, (status,))]
+
+    async def version_pairs(self, adapter: str, version: int) -> list[dict[str, Any]]:
+        """The stored pairs a version was trained, validated and judged on, by split;
+        question and answer are None for a turn deleted since (by /forget)."""
+        await self.get_version(adapter, version)  # clear error for an unknown version
+        return [dict(r) for r in await self._all(q.VERSION_PAIRS, (adapter, version))]
+
+    async def record_admin_action(self, admin_id: int, action: str, target: str | None = None,
+                                  detail: dict[str, Any] | None = None, *,
+                                  source: str = "web") -> None:
+        """Who did what to which thing: the admin log (see migration 0005)."""
+        async with self._write() as conn:
+            await conn.execute(q.INSERT_ADMIN_ACTION, (
+                admin_id, source, action, target,
+                json.dumps(detail or {}, ensure_ascii=False)))
+
+    async def admin_actions(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self._all(q.RECENT_ADMIN_ACTIONS, (limit,))
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
 
 
 def _review_item(row: sqlite3.Row) -> ReviewItem:

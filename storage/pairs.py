@@ -37,31 +37,52 @@ def read_pairs_jsonl(path: str | Path, default_adapter: str | None = None) -> li
     """Read pairs; every bad line is reported with its number, all at once."""
     path = Path(path)
     pairs, problems = [], []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{path}:{number}: expected an object with question and answer")
-                continue
-            missing = [k for k in ("question", "answer")
-                       if not isinstance(row.get(k), str) or not row[k].strip()]
-            if missing:
-                problems.append(f"{path}:{number}: missing or empty "
-                                f"{' and '.join(missing)} (strings required)")
-                continue
-            pairs.append(Pair(
-                question=row["question"], answer=row["answer"],
-                adapter=row.get("adapter") or default_adapter, turn_id=row.get("turn_id"),
-                score=int(row.get("score") or 0), channel_id=row.get("channel_id"),
-                context=row.get("context") or [], created_at=row.get("created_at")))
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    pairs.append(_pair_from_line(line, default_adapter))
+                except ValueError as exc:
+                    problems.append(f"{path}:{number}: {exc}")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        f"save it as UTF-8")
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"]
                                  if len(problems) > 20 else [])
         raise PairsFileError("bad pairs file:\n  " + "\n  ".join(shown))
     return pairs
+
+
+def _pair_from_line(line: str, default_adapter: str | None) -> Pair:
+    """One JSONL line → a Pair; ValueError says what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError("expected an object with question and answer")
+    missing = [k for k in ("question", "answer")
+               if not isinstance(row.get(k), str) or not row[k].strip()]
+    if missing:
+        raise ValueError(f"missing or empty {' and '.join(missing)} (strings required)")
+    # these become INTEGER columns and the training context: wrong types are refused here,
+    # not stored as text that a later run chokes on
+    for key in ("score", "turn_id", "channel_id"):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"'{key}' must be an integer, not {value!r}")
+    context = row.get("context") or []
+    if not isinstance(context, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in context):
+        raise ValueError("'context' must be a list of {\"role\", \"content\"} objects")
+    adapter = row.get("adapter") or default_adapter
+    if adapter is not None and not isinstance(adapter, str):
+        raise ValueError(f"'adapter' must be a string, not {adapter!r}")
+    return Pair(question=row["question"], answer=row["answer"], adapter=adapter,
+                turn_id=row.get("turn_id"), score=row.get("score") or 0,
+                channel_id=row.get("channel_id"), context=context,
+                created_at=row.get("created_at"))

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 META_FILE = "training_meta.json"
 CURVE_FILE = "loss_curve.png"
 HELD_OUT_FILE = "held_out.jsonl"
+TAUGHT_FILE = "taught.jsonl"  # the pairs it was trained on (the gate asks a sample)
+GATE_FILE = "gate.json"  # the gate's report
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
@@ -61,6 +63,7 @@ def write_version(adapters_dir: Path, adapter: str, number: int, *,
         log.warning("%s exists without a version row (an interrupted run?); moved to %s",
                     final, aside)
         os.rename(final, aside)
+    _remove_stale_tmp(final.parent)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -75,6 +78,29 @@ def write_version(adapters_dir: Path, adapter: str, number: int, *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _remove_stale_tmp(adapter_dir: Path) -> None:
+    """Hidden half-written versions left by runs that were killed (kill -9, OOM killer, power
+    loss) before their rename: only the adapter's lock holder writes here, so any whose
+    process is gone is garbage."""
+    for stale in adapter_dir.glob(".v*.tmp-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            log.warning("removing %s, left half-written by process %s, which is gone",
+                        stale, pid)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is there a process with this pid (ours or anyone's)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _fsync_tree(directory: Path) -> None:

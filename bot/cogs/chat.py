@@ -16,12 +16,20 @@ import discord
 from discord.ext import commands
 
 from ..engine import EngineError, Generation, GenerationRequest, GenerationTimeout, Sampling
-from ..text import CURSOR, DISCORD_LIMIT, split_message, strip_bot_mention
+from ..text import (
+    CURSOR,
+    DISCORD_LIMIT,
+    defuse_special_tokens,
+    special_token_strings,
+    split_message,
+    strip_bot_mention,
+)
 
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry — I could not answer that just now (the model failed). It has been logged."
 EMPTY_QUESTION = "Ask me something after the mention, e.g. `@me what is a LoRA adapter?`"
+NO_ANSWER = "I could not come up with an answer to that."
 
 
 class AnswerMessages:
@@ -76,6 +84,16 @@ class Chat(commands.Cog):
         self.engine = bot.engine
         self.last_question_at: dict[int, float] = {}
         self.in_flight: dict[int, Generation] = {}  # question message id → its answer
+        self._special_tokens: tuple[str, ...] = ()
+
+    def plain(self, text: str) -> str:
+        """People's text as plain text to the model: never its special tokens (a typed
+        `<|im_start|>system` must not open a system turn). Stored that way too, so it
+        cannot reach training either."""
+        tokenizer = getattr(self.engine, "tokenizer", None)  # None until the model loads
+        if not self._special_tokens and tokenizer is not None:
+            self._special_tokens = special_token_strings(tokenizer)
+        return defuse_special_tokens(text, self._special_tokens)
 
     # --- who gets an answer --------------------------------------------------------------
     def permitted(self, message: discord.Message) -> bool:
@@ -121,7 +139,7 @@ class Chat(commands.Cog):
             return
         if not self.permitted(message) or not await self.addressed(message):
             return
-        question = strip_bot_mention(message.content, self.bot.user.id)
+        question = self.plain(strip_bot_mention(message.content, self.bot.user.id))
         if not question:
             await message.reply(EMPTY_QUESTION, mention_author=False)
             return
@@ -183,11 +201,11 @@ class Chat(commands.Cog):
                                                self.config.discord.history_turns):
             if turn.answer_message_id in chain_ids or turn.question_message_id in chain_ids:
                 continue  # the chain below carries it
-            context += [{"role": "user", "content": turn.question},
-                        {"role": "assistant", "content": turn.answer}]
+            context += [{"role": "user", "content": self.plain(turn.question)},
+                        {"role": "assistant", "content": self.plain(turn.answer)}]
         for parent in chain:
             role = "assistant" if parent.author.id == self.bot.user.id else "user"
-            text = strip_bot_mention(parent.content, self.bot.user.id)
+            text = self.plain(strip_bot_mention(parent.content, self.bot.user.id))
             if text:
                 context.append({"role": role, "content": text})
         return context
@@ -230,9 +248,7 @@ class Chat(commands.Cog):
             return
         text = generation.text.strip() if generation is not None else ""
         if not text:
-            await message.reply(APOLOGY if problem else
-                                "I could not come up with an answer to that.",
-                                mention_author=False)
+            await message.reply(APOLOGY if problem else NO_ANSWER, mention_author=False)
             return
         await answer.update(text + (f"\n\n*({problem})*" if problem else ""), final=True)
         await self.store(message, question, context, generation, answer)

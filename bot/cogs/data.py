@@ -19,7 +19,11 @@ class ConfirmForget(discord.ui.View):
         self.cog, self.user_id = cog, user_id
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.user_id  # only the person whose data it is
+        if interaction.user.id == self.user_id:  # only the person whose data it is
+            return True
+        await reply(interaction, "These buttons belong to someone else's `/forget`; run "
+                    "`/forget` yourself to delete your own data.")
+        return False
 
     @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger,
                        custom_id="forget:confirm")

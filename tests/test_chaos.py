@@ -1,0 +1,69 @@
+"""Durability in `make test`: kill -9 in the middle of a burst of votes (one smaller round of
+bench/chaos.py: 200 reactions from 20 users; the bench runs 1,000 from 50, several times),
+and a review decision committed before the admin sees it acknowledged.
+
+The real bot runs as its own process against the fake Discord (tests/chaos_child.py); every
+vote it acknowledged before the kill must be in the database, the file must pass
+`PRAGMA integrity_check`, and the restarted bot must answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sqlite3
+
+import pytest
+
+from bench.chaos import chaos_round
+from tests import test_discord_e2e
+
+pytest_plugins = ("fake_discord",)
+
+world = test_discord_e2e.world  # the fixture that starts the bot in this process
+
+
+@pytest.mark.timeout(400)
+async def test_no_acknowledged_vote_is_lost_to_kill_9(tmp_path, tiny_model_dir):
+    seed = random.randrange(2**31)  # a random kill moment each run; the seed reproduces it
+    result = await chaos_round(tmp_path, tiny_model_dir, reactions=200, users=20, seed=seed)
+    reproduce = f"python bench/chaos.py --rounds 1 --reactions 200 --users 20 --seed {seed}"
+    details = f"{result}; reproduce with `{reproduce}`"
+    assert 0 < result.acknowledged < result.sent, "the kill did not land mid-burst: " + details
+    assert result.lost == 0, details
+    assert result.found >= result.acknowledged, details
+    assert result.integrity == "ok", details
+    assert result.answered_after_restart, details
+
+
+async def test_a_review_decision_is_committed_before_the_admin_sees_it(world):
+    s = await world()
+    _, answer = await test_discord_e2e.ask(s, "approve me")
+    turn = await s.db.turn_for_answer_message(answer.id)
+    for user in (s.bob, s.carol):
+        await s.fake.add_reaction(user.id, s.general.id, answer.id, "👍")
+    await test_discord_e2e._until_score(s, turn.id, 2)
+    review = await s.fake.invoke_command("review", subcommand="start", user_id=s.admin.id,
+                                         channel_id=s.general.id)
+    await review.wait_response()
+
+    # another connection sees only what is committed; it looks the moment the fake
+    # receives the bot's acknowledgement of the click, before the bot can go on
+    status_at_acknowledgement: list[str] = []
+    custom_id = f"review:approve:{turn.id}"
+    real_notify = s.fake._notify
+    with contextlib.closing(sqlite3.connect(s.config.database_path)) as reader:
+
+        def notify() -> None:
+            for interaction in s.fake.interactions.values():
+                if interaction.payload["data"].get("custom_id") == custom_id and \
+                        interaction.responses and not status_at_acknowledgement:
+                    status_at_acknowledgement.append(reader.execute(
+                        "SELECT status FROM review WHERE turn_id = ?", (turn.id,)).fetchone()[0])
+            real_notify()
+
+        s.fake._notify = notify
+        click = await s.fake.click_button(review.original_message.id, custom_id,
+                                          user_id=s.admin.id)
+        await click.wait_response()
+    assert status_at_acknowledgement == ["approved"]
