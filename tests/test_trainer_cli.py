@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from storage import Database, SyncStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fast_training_env
 from trainer.__main__ import main
 from trainer.pipeline import TrainRequest, run_training
 
@@ -31,7 +31,8 @@ def env(tmp_path, tiny_model_dir, monkeypatch):
     overrides = {"BOT_CONFIG": str(ROOT / "config.toml"), "BOT_MODEL_NAME": str(tiny_model_dir),
                  "BOT_STORAGE_DATA_DIR": str(tmp_path / "data"),
                  "BOT_TRAINING_BATCH_SIZE": "4", "BOT_TRAINING_LEARNING_RATE": "0.01",
-                 "BOT_TRAINING_VALIDATION_FRACTION": "0.25", "BOT_TRAINING_EVAL_EVERY": "4"}
+                 "BOT_TRAINING_VALIDATION_FRACTION": "0.25", "BOT_TRAINING_EVAL_FRACTION": "0.1",
+                 "BOT_TRAINING_EVAL_EVERY": "4", **fast_training_env()}
     for name in [k for k in os.environ if k.startswith("BOT_")]:
         monkeypatch.delenv(name)
     for name, value in overrides.items():

@@ -7,6 +7,11 @@
   promote       run the gate on a candidate and serve it if it passes
   rollback      serve an earlier version again
   runs          the history of training runs
+  generate      answer prompts with the base model or an adapter (sampling, seeds)
+  merge         fold an adapter into a full model directory (non-finite weights refused)
+  export        merged model, TorchScript or ONNX (with the onnx extra)
+  compose       a weighted combination of adapters as a new candidate version
+  sweep         train a grid of LoRA settings on one data set and rank them
 
 Expected errors print one `error: ...` line (bad data: one line per problem)
 and exit 1; a promotion refused by the gate exits 3; an interrupted run exits
@@ -23,6 +28,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from bot.config import load_config_or_exit
 from bot.logs import configure_logging
@@ -110,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "DIR) from its checkpoint, with its own settings")
     train.add_argument("--events", action="store_true",
                        help="print progress as JSON lines on stdout (for the bot)")
+    train.add_argument("--tensorboard", type=Path, metavar="DIR",
+                       help="also write TensorBoard scalars (loss, learning rate, tokens/s, "
+                            "validation) under DIR/<adapter>/<run>; needs pip install "
+                            "tensorboard")
     train.add_argument("--promote", action="store_true",
                        help="run the promotion gate on the new version right away")
     train.add_argument("--run-id", type=int, help="use this existing training_runs row")
@@ -159,7 +169,149 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--adapter", help="only this adapter's runs")
     runs.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
     runs.add_argument("--json", action="store_true", help="print JSON lines")
+    add_model_tool_parsers(sub, common)
     return parser
+
+
+ADAPTER_REF_HELP = ("NAME alone is its serving version, else its newest; NAME@VERSION (or "
+                    "NAME@vVERSION) picks one")
+
+
+def add_model_tool_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """generate, merge, export, compose and sweep: working with trained adapters."""
+    from .compose import COMBINATIONS
+    from .export import FORMATS
+    from .sweep import value_list
+
+    generate = sub.add_parser(
+        "generate", parents=[common], help="answer prompts with the base model or an adapter",
+        description="Answer each prompt with the base model or an adapter, formatted exactly "
+                    "as in training: the tokenizer's chat template and the system prompt the "
+                    "adapter was trained with (or --system-prompt; else "
+                    "model.system_prompt). Temperature 0 decodes greedily; above 0 it samples "
+                    "with top-p. Sampling defaults come from [engine], so the answers are "
+                    "the bot's.",
+        epilog="--prompts FILE: one prompt a line (blank lines and # comments skipped), or a "
+               ".jsonl file whose lines are strings or objects with question, prompt or "
+               "messages. " + ADAPTER_REF_HELP + ".")
+    generate.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                          help="a prompt (repeatable)")
+    generate.add_argument("--prompts", type=Path, metavar="FILE", help="prompts from a file")
+    which = generate.add_mutually_exclusive_group()
+    which.add_argument("--adapter", metavar="NAME[@VERSION]",
+                       help="a stored adapter version (NAME:VERSION works too; default: the "
+                            "base model alone)")
+    which.add_argument("--adapter-dir", type=Path, metavar="DIR", help="an adapter directory")
+    generate.add_argument("--temperature", type=float,
+                          help="0 = greedy (default: engine.temperature)")
+    generate.add_argument("--top-p", type=float, help="nucleus mass when sampling "
+                          "(default: engine.top_p)")
+    generate.add_argument("--repetition-penalty", type=float,
+                          help="1 disables it (default: engine.repetition_penalty)")
+    generate.add_argument("--max-new-tokens", type=int, metavar="N",
+                          help="longest answer (default: engine.max_new_tokens)")
+    generate.add_argument("--num-samples", type=int, default=1, metavar="N",
+                          help="answers per prompt (default 1)")
+    generate.add_argument("--seed", type=int, help="make sampling reproducible")
+    generate.add_argument("--system-prompt",
+                          help="system prompt (default: the adapter's training one, else "
+                               "model.system_prompt)")
+    generate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    merge = sub.add_parser(
+        "merge", parents=[common], help="fold an adapter into a full model directory",
+        description="Add the adapter's update into the base model's weights (PEFT "
+                    "merge_and_unload) and write a plain model directory with the tokenizer, "
+                    "which AutoModelForCausalLM.from_pretrained loads without PEFT. A NaN or "
+                    "infinite weight in the adapter or the result is refused, naming the "
+                    "tensor. The directory is written beside --output and renamed into place.",
+        epilog=ADAPTER_REF_HELP + "; or --adapter-dir DIR for a directory.")
+    _add_adapter_choice(merge)
+    merge.add_argument("--output", type=Path, required=True, metavar="DIR",
+                       help="model directory to write")
+    merge.add_argument("--force", action="store_true", help="replace --output if it exists")
+
+    export = sub.add_parser(
+        "export", parents=[common], help="export an adapter merged into its model",
+        description="merged: as `merge`. torchscript: the merged model's logits forward "
+                    "(input_ids, attention_mask -> logits), traced on CPU in float32, saved as "
+                    "DIR/model.pt with the tokenizer, reloaded and checked against the merged "
+                    "model. onnx: the same as DIR/model.onnx; needs the onnx extra "
+                    "(pip install -e '.[onnx]'). Without an adapter, torchscript and onnx "
+                    "export the base model.",
+        epilog=ADAPTER_REF_HELP + "; or --adapter-dir DIR for a directory.")
+    export.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                        help="merged, torchscript or onnx")
+    _add_adapter_choice(export)
+    export.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="directory to write")
+    export.add_argument("--force", action="store_true", help="replace --output if it exists")
+
+    compose = sub.add_parser(
+        "compose", parents=[common], help="a weighted combination of adapters as a new version",
+        description="Combine adapters with weights (PEFT add_weighted_adapter) into the next "
+                    "version of --output (created if missing), recorded as a candidate; its "
+                    "training_meta.json lists the inputs and weights. linear keeps the rank "
+                    "(inputs of one rank; default then); cat stacks the inputs, rank = the sum, "
+                    "exactly the weighted sum of their updates (default when ranks differ); "
+                    "svd factorises that sum back to the largest input rank.",
+        epilog="Each input is NAME[@VERSION]:WEIGHT, the weight after the last ':' (adapter "
+               "names never contain ':' or '@'), for example --adapter support:0.7 --adapter "
+               "billing@2:0.3; NAME alone is its serving version, else its newest. One input "
+               "rescales an adapter (support:0.75); a negative weight subtracts one.")
+    compose.add_argument("--adapter", action="append", default=[], dest="inputs",
+                         metavar="NAME[@VERSION]:WEIGHT", help="an input (repeatable)")
+    compose.add_argument("--adapter-dir", action="append", default=[], dest="input_dirs",
+                         metavar="DIR:WEIGHT", help="an adapter directory as input (repeatable)")
+    compose.add_argument("--output", required=True, metavar="NAME",
+                         help="adapter that receives the new version")
+    compose.add_argument("--combination", choices=COMBINATIONS, default="auto",
+                         help="auto (default), linear, cat or svd")
+    compose.add_argument("--promote", action="store_true",
+                         help="run the promotion gate on the new version right away")
+
+    sweep = sub.add_parser(
+        "sweep", parents=[common], help="train a grid of LoRA settings and rank them",
+        description="Train every combination of --lora-r, --lora-alpha, --lora-dropout and "
+                    "--lr on the same data, split and seed, and print a table best first: "
+                    "validation loss and perplexity, time and adapter size. Nothing is "
+                    "registered or served; each run's adapter and events, and sweep.json "
+                    "with the table, are written under --output (default: "
+                    "<data_dir>/sweeps/<adapter>-<time>). Other settings come from [training].",
+        epilog="Lists are comma-separated: --lora-r 4,8,16 --lora-alpha 8,16 --lora-dropout "
+               "0,0.05 --lr 1e-3,5e-4. An option left out uses the [training] value. A "
+               "combination whose loss diverges is listed as failed; the rest go on.")
+    sweep.add_argument("--data", action="append", type=Path, required=True, metavar="FILE",
+                       help="training data file (repeatable; same formats as train)")
+    sweep.add_argument("--adapter", default="sweep", metavar="NAME",
+                       help="whose held-out pairs stay out of training (default: sweep)")
+    sweep.add_argument("--lora-r", type=value_list(int, "--lora-r"), metavar="R,...",
+                       help="ranks")
+    sweep.add_argument("--lora-alpha", type=value_list(int, "--lora-alpha"), metavar="A,...",
+                       help="alphas (scale = alpha / r)")
+    sweep.add_argument("--lora-dropout", type=value_list(float, "--lora-dropout"),
+                       metavar="D,...", help="dropouts")
+    sweep.add_argument("--lr", type=value_list(float, "--lr"), dest="learning_rate",
+                       metavar="LR,...", help="peak learning rates")
+    length = sweep.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, metavar="N", help="passes over the data")
+    length.add_argument("--max-steps", type=int, metavar="N", help="exactly N optimiser steps")
+    sweep.add_argument("--method", choices=("lora", "qlora"), help="lora or qlora")
+    sweep.add_argument("--batch-size", type=int, help="examples per micro-batch")
+    sweep.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    sweep.add_argument("--max-seq-len", type=int, help="longest example in tokens")
+    sweep.add_argument("--eval-every", type=int, metavar="N",
+                       help="validate every N steps (0: at the end only)")
+    sweep.add_argument("--seed", type=int, help="random seed (split and initialisation)")
+    sweep.add_argument("--output", type=Path, metavar="DIR", help="sweep directory (new or empty)")
+    sweep.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _add_adapter_choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="adapter name (or NAME@VERSION)")
+    parser.add_argument("version", nargs="?", type=int, help="version number")
+    parser.add_argument("--adapter-dir", type=Path, metavar="DIR",
+                        help="an adapter directory instead of a stored version")
 
 
 # --- commands ------------------------------------------------------------------------
@@ -202,7 +354,8 @@ def cmd_train(config, args) -> int:
     request = TrainRequest(adapter=args.adapter, data_files=list(args.data),
                            from_db=args.from_db, overrides=overrides, run_dir=args.output,
                            resume=args.resume, events=args.events, run_id=args.run_id,
-                           promote=args.promote, trigger=args.trigger)
+                           promote=args.promote, trigger=args.trigger,
+                           tensorboard=args.tensorboard)
     outcome = run_training(config, request)
     if not args.events:
         metrics = outcome.metrics
@@ -214,7 +367,9 @@ def cmd_train(config, args) -> int:
               f"(run {outcome.run_id}, {metrics['steps']} steps, train loss "
               f"{metrics['train_loss']:.4f}{summary})")
         if outcome.gate is not None:
-            print(outcome.gate["reason"])
+            from .gate import format_report
+
+            print(format_report(outcome.gate.get("report")) or outcome.gate["reason"])
     return 0
 
 
@@ -235,7 +390,7 @@ def cmd_evaluate(config, args) -> int:
 def cmd_promote(config, args) -> int:
     from storage import SyncStore
 
-    from .gate import gate_version, newest_candidate
+    from .gate import format_report, gate_version, newest_candidate
 
     with SyncStore(config.database_path, busy_timeout_ms=config.storage.busy_timeout_ms) as db:
         version = args.version or newest_candidate(db, args.name).version
@@ -244,6 +399,9 @@ def cmd_promote(config, args) -> int:
             print(f"{args.name} now serves v{version} (forced, no gate)")
             return 0
         decision = gate_version(config, db, args.name, version)
+    table = format_report(decision.report)
+    if table:
+        print(table.rsplit("\n", 1)[0])
     print(f"{args.name} v{version}: {decision.reason}")
     return 0 if decision.promote else EXIT_REFUSED
 
@@ -285,18 +443,135 @@ def cmd_runs(config, args) -> int:
     return 0
 
 
+def _chosen_adapter(config, args, *, required: bool):
+    """The adapter of merge/export: NAME [VERSION], NAME@VERSION or --adapter-dir DIR."""
+    from .adapters import AdapterRef, AdapterRefError, parse_adapter_ref, resolve_adapter
+
+    if args.name is None:
+        if args.version is not None:
+            raise AdapterRefError("a version needs the adapter's name: NAME VERSION")
+        if args.adapter_dir is None and required:
+            raise AdapterRefError("which adapter? give NAME [VERSION] or --adapter-dir DIR")
+        return resolve_adapter(config, directory=args.adapter_dir)
+    ref = parse_adapter_ref(args.name)
+    if args.version is not None:
+        if ref.version is not None:
+            raise AdapterRefError(f"two versions given ({args.name} and {args.version}); "
+                                  f"give one")
+        ref = AdapterRef(ref.name, args.version)
+    return resolve_adapter(config, ref=ref, directory=args.adapter_dir)
+
+
+def cmd_generate(config, args) -> int:
+    from .adapters import resolve_adapter
+    from .generate import GenerateOptions, format_results, generate, read_prompts
+
+    prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
+    source = resolve_adapter(config, ref=args.adapter, directory=args.adapter_dir,
+                             allow_colon=True)
+    engine = config.engine
+
+    def chosen(value, default):
+        return default if value is None else value
+
+    options = GenerateOptions(
+        prompts, source, temperature=chosen(args.temperature, engine.temperature),
+        top_p=chosen(args.top_p, engine.top_p),
+        repetition_penalty=chosen(args.repetition_penalty, engine.repetition_penalty),
+        max_new_tokens=chosen(args.max_new_tokens, engine.max_new_tokens),
+        num_samples=args.num_samples, seed=args.seed,
+        system_prompt=args.system_prompt, default_system_prompt=config.model.system_prompt)
+    report = generate(config, options)
+    print(json.dumps(report, ensure_ascii=False) if args.json else format_results(report))
+    return 0
+
+
+def cmd_merge(config, args) -> int:
+    from .export import merge
+
+    source = _chosen_adapter(config, args, required=True)
+    result = merge(config, source, args.output, force=args.force)
+    print(f"merged {source.label} into {result.path} "
+          f"({modeling.human_size(result.size_bytes)}, {result.seconds:.1f} s); it loads with "
+          f"AutoModelForCausalLM.from_pretrained")
+    return 0
+
+
+def cmd_export(config, args) -> int:
+    from .export import export
+
+    source = _chosen_adapter(config, args, required=args.fmt == "merged")
+    result = export(config, args.fmt, source, args.output, force=args.force)
+    what = source.label if source is not None else "the base model"
+    check = (f", logits within {result.max_abs_diff:.2g} of the merged model"
+             if result.max_abs_diff is not None else "")
+    print(f"{args.fmt} export of {what} in {result.path} "
+          f"({modeling.human_size(result.size_bytes)}, {result.seconds:.1f} s{check})")
+    return 0
+
+
+def cmd_compose(config, args) -> int:
+    from storage import SyncStore
+
+    from .compose import compose, parse_weighted_dir, parse_weighted_ref
+
+    inputs = ([parse_weighted_ref(text) for text in args.inputs]
+              + [parse_weighted_dir(text) for text in args.input_dirs])
+    result = compose(config, inputs, args.output, combination=args.combination)
+    summary = " + ".join(f"{s['label']} x{s['weight']:g}" for s in result.sources)
+    print(f"{result.adapter} v{result.version} written to {result.path} as a candidate: "
+          f"{summary} ({result.combination}, rank {result.rank})")
+    if args.promote:
+        from .gate import format_report, gate_version
+
+        with SyncStore(config.database_path,
+                       busy_timeout_ms=config.storage.busy_timeout_ms) as db:
+            decision = gate_version(config, db, result.adapter, result.version)
+        print(format_report(decision.report) or decision.reason)
+        return 0 if decision.promote else EXIT_REFUSED
+    return 0
+
+
+SWEEP_OVERRIDES = ("method", "epochs", "max_steps", "batch_size", "grad_accum", "max_seq_len",
+                   "eval_every", "seed")
+
+
+def cmd_sweep(config, args) -> int:
+    from .sweep import SweepOptions, format_table, run_sweep
+
+    training = config.training
+    overrides = {k: getattr(args, k) for k in SWEEP_OVERRIDES if getattr(args, k) is not None}
+    if args.epochs is not None:
+        overrides["max_steps"] = 0  # --epochs wins over a max_steps from the settings
+    options = SweepOptions(
+        data_files=list(args.data), name=args.adapter, output=args.output,
+        lora_r=args.lora_r or [training.lora_r],
+        lora_alpha=args.lora_alpha or [training.lora_alpha],
+        lora_dropout=args.lora_dropout or [training.lora_dropout],
+        learning_rate=args.learning_rate or [training.learning_rate], overrides=overrides)
+    report = run_sweep(config, options)
+    print(json.dumps(report, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
 # --- entry point ---------------------------------------------------------------------
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from storage import StorageError
 
+    from .adapters import AdapterRefError
+    from .compose import ComposeError
     from .data import DataError
+    from .export import ExportError
     from .formatting import FormattingError
     from .gate import GateError
+    from .generate import PromptsError
+    from .sweep import SweepError
     from .train import TrainingError
 
     return (modeling.ModelError, StorageError, DataError, FormattingError, GateError,
-            TrainingError, FileNotFoundError)
+            TrainingError, FileNotFoundError, AdapterRefError, ComposeError, ExportError,
+            PromptsError, SweepError)
 
 
 def _quiet_libraries() -> None:
@@ -329,11 +604,17 @@ def main(argv: list[str] | None = None) -> int:
         "promote": lambda: cmd_promote(config, args),
         "rollback": lambda: cmd_rollback(config, args),
         "runs": lambda: cmd_runs(config, args),
+        "generate": lambda: cmd_generate(config, args),
+        "merge": lambda: cmd_merge(config, args),
+        "export": lambda: cmd_export(config, args),
+        "compose": lambda: cmd_compose(config, args),
+        "sweep": lambda: cmd_sweep(config, args),
     }
     events = getattr(args, "events", False)
-    if args.command in ("train", "evaluate", "promote"):
+    if args.command in ("train", "evaluate", "promote", "generate", "merge", "export",
+                        "compose", "sweep"):
         _quiet_libraries()
-    if args.command == "train":
+    if args.command in ("train", "sweep"):
         signal.signal(signal.SIGTERM, _terminate)
     try:
         return commands[args.command]()

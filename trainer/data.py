@@ -12,6 +12,9 @@ by a stable hash of the normalised question salted with the adapter name: the
 same pair lands on the same side in every run and every version, whatever the
 order or the rest of the data, and two answers to one question never straddle
 the split.
+
+Approved pairs carry their net votes and when they were answered, so sampling
+may favour well-liked and recent pairs (`sampling_weights`); file examples weigh 1.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import json
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,8 @@ class Example:
     system: str = ""  # empty: the trainer's default system prompt applies
     history: list[dict[str, str]] = field(default_factory=list)  # turns before the question
     source: str = ""  # "file.jsonl:12" or "db:turn 7", for messages about this example
+    votes: int = 0  # net 👍 minus 👎 of an approved pair (0 for file examples)
+    created_at: str = ""  # when an approved pair was answered (ISO-8601; empty for files)
 
     def to_row(self) -> dict[str, Any]:
         # datasets cannot infer a type for a column of empty lists: history travels as JSON
@@ -238,7 +244,8 @@ def _json_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
 
 
 def _csv_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig: spreadsheet programs start the file with an invisible byte-order mark
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip().lower() for c in (reader.fieldnames or [])]
         pairs = [p for p in (("question", "answer"), ("prompt", "completion"))
@@ -249,13 +256,27 @@ def _csv_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
             return
         reader.fieldnames = columns
         start = reader.line_num + 1
-        for row in reader:
+        for row in _csv_records(reader, path, problems):
             if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
                 start = reader.line_num + 1
                 continue
             # line_num is the last physical line read; a quoted field may span several
             yield start, {k: v for k, v in row.items() if k in pairs[0]}
             start = reader.line_num + 1
+
+
+def _csv_records(reader: Any, path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
+    """The reader's rows; a row the csv module cannot parse ends the file with its line."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(f"{path}:{line}: not readable as CSV ({exc}); check its quotes, "
+                            f"or split a field longer than {csv.field_size_limit():,} characters")
+            return
 
 
 def _text_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
@@ -279,7 +300,8 @@ def examples_from_pairs(pairs: Iterable[Any]) -> list[Example]:
                    if isinstance(m, dict) and m.get("role") in ("user", "assistant")
                    and isinstance(m.get("content"), str)]
         examples.append(Example(pair.question.strip(), pair.answer.strip(), "", history,
-                                f"{DB_SOURCE_PREFIX}{pair.turn_id}"))
+                                f"{DB_SOURCE_PREFIX}{pair.turn_id}", int(pair.score or 0),
+                                pair.created_at or ""))
     return examples
 
 
@@ -354,7 +376,47 @@ def build_splits(examples: list[Example], *, salt: str, held_out_fraction: float
 
 def row_to_example(row: dict[str, Any]) -> Example:
     return Example(row["question"], row["answer"], row.get("system") or "",
-                   json.loads(row.get("history") or "[]"), row.get("source") or "")
+                   json.loads(row.get("history") or "[]"), row.get("source") or "",
+                   int(row.get("votes") or 0), row.get("created_at") or "")
+
+
+# --- sampling weights ----------------------------------------------------------------
+
+def sampling_weights(votes: Sequence[int], created_at: Sequence[str], *, vote_weight: float,
+                     vote_baseline: int, half_life_days: float) -> list[float] | None:
+    """How often each example should be drawn, relative to the others; None = uniform
+    (the options are off, or every example weighs the same).
+
+    A pair weighs `1 + vote_weight * (net votes above vote_baseline)` (the baseline
+    is the score that made it a review candidate), halved for every `half_life_days`
+    it is older than the newest pair. Age counts from the newest pair, not from the clock,
+    so the same data gives the same weights on every run (and a resumed run draws
+    what the interrupted one would have). Examples without a date (files) are never
+    decayed, and with no votes they weigh 1.
+    """
+    if vote_weight <= 0 and half_life_days <= 0:
+        return None
+    dates = [_parse_time(text) if text else None for text in created_at]
+    newest = max((d for d in dates if d is not None), default=None)
+    weights = []
+    for score, date in zip(votes, dates, strict=True):
+        weight = 1.0 + max(vote_weight, 0.0) * max(0, int(score) - vote_baseline)
+        if half_life_days > 0 and date is not None and newest is not None:
+            age_days = (newest - date).total_seconds() / 86_400
+            weight *= 0.5 ** (age_days / half_life_days)
+        weights.append(weight)
+    # equal weights are uniform sampling: keep the plain shuffle (each example once)
+    return weights if len(set(weights)) > 1 else None
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise DataError([f"created_at {text!r} is not an ISO-8601 time"],
+                        header="cannot weigh training data") from None
+    # the database writes UTC; a time without a zone is taken as UTC too
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -1,5 +1,7 @@
 """Progress events of a run: JSON lines on stdout (`--events`, read by the bot), a file
-in the run directory, and an optional in-process callback."""
+in the run directory, an optional in-process callback, and TensorBoard scalars
+(`--tensorboard DIR`) written from the same events, so every consumer sees the
+same numbers."""
 
 from __future__ import annotations
 
@@ -8,6 +10,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .errors import TrainingError
+
+TENSORBOARD_INSTALL = "pip install tensorboard (or pip install -e '.[tensorboard]')"
 
 
 class Events:
@@ -44,3 +50,64 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def require_tensorboard() -> Any:
+    """torch's SummaryWriter, or a one-line error saying what to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainingError(f"--tensorboard needs the tensorboard package: "
+                            f"{TENSORBOARD_INSTALL}") from None
+    return SummaryWriter
+
+
+class TensorBoardScalars:
+    """An event consumer that writes TensorBoard scalars: train loss, learning rate,
+    tokens/s and gradient norm per step; validation loss and perplexity; the held-out
+    loss at the end. The writer opens on the run's `start` event, so a resumed run
+    first drops what the interrupted one had logged after its checkpoint."""
+
+    STEP_SCALARS = {"loss": "train/loss", "lr": "train/learning_rate",
+                    "tokens_per_s": "train/tokens_per_s", "grad_norm": "train/grad_norm"}
+    EVAL_SCALARS = {"loss": "validation/loss", "perplexity": "validation/perplexity"}
+    DONE_SCALARS = {"held_out_loss": "held_out/loss",
+                    "held_out_perplexity": "held_out/perplexity"}
+
+    def __init__(self, log_dir: Path):
+        self._writer_class = require_tensorboard()
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+        self.last_step = 0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        event = record.get("event")
+        if event == "start":
+            self.close()
+            resumed_at = int(record.get("resumed_at") or 0)
+            self.last_step = resumed_at
+            # purge_step: events at or after it, left by the interrupted run, are dropped
+            self.writer = self._writer_class(str(self.log_dir),
+                                             purge_step=resumed_at + 1 if resumed_at else None)
+        if self.writer is None:
+            return
+        if event == "step":
+            self.last_step = record["step"]
+            self._scalars(self.STEP_SCALARS, record, record["step"])
+        elif event == "eval":
+            self._scalars(self.EVAL_SCALARS, record, record["step"])
+        elif event == "done":
+            self._scalars(self.DONE_SCALARS, record.get("metrics") or {}, self.last_step)
+            self.writer.flush()
+
+    def _scalars(self, tags: dict[str, str], values: dict[str, Any], step: int) -> None:
+        for key, tag in tags.items():
+            value = values.get(key)
+            # non-finite numbers travel as strings ("nan"): nothing to plot
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
