@@ -106,6 +106,19 @@ class EngineConfig:
                                        "is unloaded beyond this.", min=1, max=256)
     request_timeout_s: float = setting(180.0, "A request still running after this is "
                                        "cancelled.", min=1.0, max=3600.0)
+    backend: str = setting("local", "Where answers are generated: 'local' = this process "
+                           "loads the model; 'openai' = an OpenAI-compatible server with "
+                           "multi-LoRA (vLLM --enable-lora), see docs/operations.md.",
+                           choices=("local", "openai"))
+    remote_url: str = setting("http://127.0.0.1:8000/v1", "Base URL of the OpenAI-compatible "
+                              "server, /v1 included (backend = 'openai').")
+    remote_api_key_env: str = setting("VLLM_API_KEY", "Environment variable holding that "
+                                      "server's API key (its --api-key); unset = no key.")
+    remote_base_model: str = setting("", "Model name the server serves the base model as "
+                                     "(its --served-model-name); empty = model.name.")
+    remote_adapters_dir: str = setting("", "Where the server sees storage.adapters_dir (a "
+                                       "shared volume mounted elsewhere); empty = the same "
+                                       "path as the bot.")
 
 
 _SNOWFLAKE_LISTS = ("Discord ids (integers); empty means no restriction.")
@@ -166,7 +179,7 @@ class TrainingConfig:
                                  "before a scheduled run starts.", min=1)
     method: str = setting("lora", "Fine-tuning method.", choices=("lora", "qlora", "full"))
     epochs: int = setting(4, "Passes over the training pairs.", min=1, max=1000)
-    learning_rate: float = setting(1e-3, "Peak AdamW learning rate.", min=1e-7, max=1.0)
+    learning_rate: float = setting(2e-3, "Peak AdamW learning rate.", min=1e-7, max=1.0)
     batch_size: int = setting(8, "Examples per optimiser micro-step.", min=1, max=4096)
     grad_accum: int = setting(1, "Micro-steps per optimiser step.", min=1, max=1024)
     warmup_ratio: float = setting(0.1, "Share of steps spent warming up the rate.",
@@ -181,26 +194,107 @@ class TrainingConfig:
     target_modules: list[str] = setting(["all-linear"], "Modules that get LoRA weights; "
                                         "'all-linear' = every linear layer but the output.")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
-    validation_fraction: float = setting(0.1, "Share of pairs held out for the gate.",
+    validation_fraction: float = setting(0.0, "Share of pairs held out for the gate's "
+                                         "held-out loss check; they are never trained on. 0 = "
+                                         "every approved pair is taught (the gate then "
+                                         "measures recall and the canaries).",
                                          min=0.0, max=0.5)
     max_regression: float = setting(0.05, "Largest relative rise in held-out loss a new "
                                     "version may show and still be promoted.", min=0.0, max=10.0)
+    canary_checks: bool = setting(True, "Run the canaries at the gate: general QA, leakage of "
+                                  "taught words into unrelated answers, general-text "
+                                  "perplexity, each against the base model.")
+    canary_dir: str = setting("", "Directory with general_qa.jsonl, open_prompts.jsonl and "
+                              "general_text.jsonl; empty = the sets shipped with the trainer. "
+                              "Relative paths are relative to data_dir.")
+    max_general_drop: float = setting(0.03, "Largest drop in general-QA accuracy (a share: "
+                                      "0.03 = 3 points) below the base model.", min=0.0, max=1.0)
+    max_leakage: float = setting(0.025, "Largest share of unrelated prompts whose answer "
+                                 "carries words only the taught answers use.", min=0.0, max=1.0)
+    max_perplexity_rise: float = setting(0.3, "Largest relative rise in general-text "
+                                         "perplexity over the base model.", min=0.0, max=100.0)
+    min_recall: float = setting(0.8, "Smallest share of taught questions (a sample of all the "
+                                "adapter's pairs, old and new) whose answer must still carry "
+                                "the taught answer.", min=0.0, max=1.0)
+    recall_sample: int = setting(64, "Taught pairs the gate asks again (a fixed sample).",
+                                 min=0, max=100000)
+    adapter_scales: list[float] = setting([1.0, 0.75, 0.5], "Adapter scales the gate tries, "
+                                          "largest first; the first that passes every check "
+                                          "is the one the version serves at.")
+    replay_weight: float = setting(1.0, "Weight of the replay loss: KL divergence to the base "
+                                   "model on its own answers to generic prompts; 0 = no "
+                                   "replay.", min=0.0, max=100.0)
+    replay_batch_size: int = setting(4, "Replay examples per optimiser micro-step.", min=1,
+                                     max=4096)
+    replay_prompts: str = setting("", "JSONL file of {\"prompt\": ...} lines to replay; empty = "
+                                  "the set shipped with the trainer. Relative paths are "
+                                  "relative to data_dir.")
+    paraphrases: int = setting(2, "Reworded questions the base model writes for each taught "
+                                  "pair (kept only when they still ask the same thing).",
+                               min=0, max=16)
+    min_steps: int = setting(40, "Fewest optimiser steps of a run: with few pairs, epochs are "
+                             "raised until this many steps are reached.", min=0, max=1000000)
     seed: int = setting(42, "Random seed for splits, sampling and initialisation.", min=0)
-    eval_fraction: float = setting(0.1, "Share of the remaining (not held-out) pairs used for "
+    eval_fraction: float = setting(0.0, "Share of the remaining (not held-out) pairs used for "
                                    "validation during a run: early stopping and the best "
-                                   "weights.", min=0.0, max=0.5)
+                                   "weights; they are not trained on either. 0 = none.",
+                                   min=0.0, max=0.5)
     eval_every: int = setting(50, "Optimiser steps between validations; 0 = only at the end.",
                               min=0)
     early_stopping_patience: int = setting(3, "Validations without a better loss before a run "
                                            "stops early; 0 = never stop early.", min=0)
     checkpoint_every: int = setting(100, "Optimiser steps between checkpoints that "
                                     "`--resume` continues from; 0 = none.", min=0)
+    vote_weight: float = setting(0.0, "Extra sampling weight of an approved pair per net "
+                                 "vote above feedback.min_score (a pair at the threshold and "
+                                 "every file example weigh 1); 0 = votes do not change how "
+                                 "often a pair is drawn.", min=0.0, max=100.0)
+    recency_half_life_days: float = setting(0.0, "Age in days, counted back from the newest "
+                                            "approved pair, at which a pair's sampling weight "
+                                            "halves; 0 = age does not matter.",
+                                            min=0.0, max=36500.0)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting("INFO", "Log level.",
                          choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+HTTP_TOKEN_ENV = "BOT_HTTP_TOKEN"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = setting(False, "Serve the HTTP API (POST /v1/generate, GET /healthz, "
+                            "GET /metrics) from the bot process, with the same engine.")
+    host: str = setting("127.0.0.1", "Address to listen on; anything but 127.0.0.1, ::1 or "
+                        "localhost exposes the API beyond this machine.")
+    port: int = setting(8080, "TCP port; 0 = any free port (tests).", min=0, max=65535)
+    token_env: str = setting(HTTP_TOKEN_ENV, "Environment variable holding the bearer token "
+                             "clients send (Authorization: Bearer ...).")
+    require_token: bool = setting(True, "Refuse to start without the token; false is allowed "
+                                  "only when host is a loopback address.")
+    max_body_bytes: int = setting(65536, "Largest request body accepted.", min=1024,
+                                  max=16_777_216)
+    metrics: bool = setting(True, "Serve GET /metrics in the Prometheus text format.")
+    metrics_require_token: bool = setting(True, "Ask for the bearer token on /metrics too "
+                                          "(false: scrapers need none).")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = setting(False, "Serve the admin review page on the bot's HTTP server; "
+                            "admins open it with a one-time link from `/review web`.")
+    public_url: str = setting("http://127.0.0.1:8080", "Address of the bot's HTTP server as "
+                              "an admin's browser reaches it (behind a TLS reverse proxy: its "
+                              "https:// address); sign-in links start with it.")
+    link_ttl_s: int = setting(300, "Seconds a sign-in link stays valid; it works once.",
+                              min=30, max=3600)
+    session_ttl_s: int = setting(28800, "Seconds a signed-in browser stays signed in.",
+                                 min=60, max=604800)
+    secure_cookies: bool = setting(False, "Send the session cookie over HTTPS only (always on "
+                                   "when public_url starts with https://).")
 
 
 SECTIONS: dict[str, type] = {
@@ -211,6 +305,8 @@ SECTIONS: dict[str, type] = {
     "feedback": FeedbackConfig,
     "training": TrainingConfig,
     "logging": LoggingConfig,
+    "http": HttpConfig,
+    "web": WebConfig,
 }
 
 
@@ -225,6 +321,8 @@ class Config:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -311,8 +409,8 @@ def parse_config(text: str, *, source: str = "config.toml", base_dir: Path | Non
                 values[section][key] = (value, where)
 
     for name, value in (environ or {}).items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
-            continue
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, HTTP_TOKEN_ENV):
+            continue  # (the HTTP token is a secret, not a setting)
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
         if section not in SECTIONS:
             continue  # BOT_* variables of other tools are not ours to refuse

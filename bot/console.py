@@ -254,6 +254,8 @@ class ConsoleChat:
 
         outcome = await self.training.follow(on_event)
         self.say(outcome.summary())
+        if outcome.report_table():
+            self.say(outcome.report_table())
 
     async def help(self, args: list[str]) -> None:
         self.say(HELP)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import Database, TrainingRun
+from trainer.versions import pid_alive
 
 from .config import TOKEN_ENV, Config, dump_toml
 from .engine import Engine
@@ -50,6 +51,14 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     loss_curve: Path | None = None
     error: str | None = None
+    report: dict[str, Any] | None = None  # the gate's: base vs serving vs candidate
+
+    def report_table(self) -> str:
+        """The gate report as a fixed-width table ("" when the gate did not run)."""
+        from trainer.gate import format_report
+
+        table = format_report(self.report)
+        return table.rsplit("\n", 1)[0] if table else ""
 
     def summary(self) -> str:
         if self.status == "cancelled":
@@ -215,7 +224,8 @@ class TrainingService:
             await self.db.update_run(run.id, status=status, error=error, finished_at=_now())
         outcome = Outcome(run.id, run.adapter, status, version=done.get("version"),
                           promoted=bool(gate.get("promoted")), reason=gate.get("reason"),
-                          metrics=done.get("metrics") or {}, error=error or run.error)
+                          metrics=done.get("metrics") or {}, error=error or run.error,
+                          report=gate.get("report"))
         if done.get("path"):
             curve = Path(done["path"]) / "loss_curve.png"
             outcome.loss_curve = curve if curve.exists() else None
@@ -253,7 +263,7 @@ def _holds(pid: int, run_id: int | None) -> bool:
     A run's lock names the trainer child, whose command line carries `--run-id N`;
     where /proc is not there to read it, a live pid has to do.
     """
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     if run_id is None:
         return True  # the bot's own hold while it spawns the child
@@ -263,16 +273,6 @@ def _holds(pid: int, run_id: int | None) -> bool:
         return True
     return any(a == b"--run-id" and b == str(run_id).encode()
                for a, b in zip(args, args[1:], strict=False))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _lower_priority(pid: int) -> None:

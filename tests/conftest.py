@@ -15,6 +15,29 @@ from tiny_model import save_tiny_model  # noqa: E402
 from bot.config import load_config, parse_config  # noqa: E402
 from storage import Database  # noqa: E402
 
+# Training on the tiny random model for tests that are not about forgetting: the base model
+# writing paraphrases and replay answers, and the gate's recall and canaries, cost generation
+# time and mean nothing on a random model (tests/test_learning.py turns them on).
+FAST_TRAINING = {"paraphrases": 0, "replay_weight": 0.0, "min_steps": 0,
+                 "canary_checks": False, "recall_sample": 0, "min_recall": 0.0,
+                 "adapter_scales": [1.0]}
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def fast_training_toml() -> str:
+    """FAST_TRAINING as lines for a [training] table."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in FAST_TRAINING.items())
+
+
+def fast_training_env() -> dict[str, str]:
+    """FAST_TRAINING as BOT_TRAINING_* environment overrides."""
+    return {f"BOT_TRAINING_{k.upper()}": _toml_value(v) for k, v in FAST_TRAINING.items()}
+
 
 @pytest.fixture
 async def db(tmp_path):

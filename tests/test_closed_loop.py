@@ -40,6 +40,8 @@ async def train_now(s, timeout: float = 240.0):
 @pytest.mark.timeout(600)
 async def test_votes_review_train_promote_and_serve_without_restart(world, monkeypatch):  # noqa: F811
     s = await world()
+    # the tiny random model recalls nothing: the gate judges it on held-out pairs
+    monkeypatch.setenv("BOT_TRAINING_VALIDATION_FRACTION", "0.2")
     # the channel's own history: a few approved pairs already imported, plus a live one
     seed = s.config.data_dir / "seed.jsonl"
     seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
@@ -80,8 +82,9 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
 
 
 @pytest.mark.timeout(300)
-async def test_a_refused_progress_message_does_not_strand_the_run(world):  # noqa: F811
+async def test_a_refused_progress_message_does_not_strand_the_run(world, monkeypatch):  # noqa: F811
     s = await world()
+    monkeypatch.setenv("BOT_TRAINING_VALIDATION_FRACTION", "0.2")
     seed = s.config.data_dir / "seed.jsonl"
     seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
                     encoding="utf-8")

@@ -14,6 +14,7 @@ from bot.discord_bot import ChannelBot
 from bot.engine import Engine
 from bot.routing import Router
 from storage import Database
+from tests.conftest import fast_training_toml
 from tests.tiny_model import save_random_adapter
 
 pytest_plugins = ("fake_discord",)
@@ -51,7 +52,7 @@ async def world(fake_discord, tmp_path, tiny_model_dir):
             f'[storage]\ndata_dir = "{tmp_path.as_posix()}/data"\n'
             f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
             f"[engine]\nmax_new_tokens = {max_new_tokens}\nrepetition_penalty = 1.0\n"
-            f"[discord]\n{extra}\n", base_dir=tmp_path)
+            f"[discord]\n{extra}\n[training]\n{fast_training_toml()}", base_dir=tmp_path)
         db = await Database(config.database_path).open()
         for version in (1, 2):
             save_random_adapter(tiny_model_dir, config.adapters_dir / "faq" / f"v{version}",

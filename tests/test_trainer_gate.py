@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from storage import SyncStore
+from tests.conftest import fast_training_toml
 from tests.tiny_model import save_random_adapter
 from trainer.__main__ import main
 from trainer.gate import decide, gate_version
@@ -36,7 +37,8 @@ def setup(tmp_path, tiny_model_dir):
     config_file.write_text(f'[storage]\ndata_dir = "{(tmp_path / "data").as_posix()}"\n'
                            f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
                            "[training]\nbatch_size = 4\nlearning_rate = 0.01\n"
-                           "validation_fraction = 0.25\neval_every = 0\n")
+                           "validation_fraction = 0.25\neval_fraction = 0.1\neval_every = 0\n"
+                           + fast_training_toml())
     from bot.config import load_config
 
     config = load_config(config_file, environ={})
@@ -77,7 +79,7 @@ def test_gate_promotes_a_better_candidate_and_refuses_a_worse(setup, tmp_path, t
         assert refused.candidate_loss > refused.reference_loss * 1.05
         row = [v for v in store.versions("faq") if v.version == worse][0]
         assert row.status == "candidate" and row.reason == refused.reason
-        assert row.reason.startswith("refused: held-out loss")
+        assert row.reason.startswith("refused: at scale 1: held-out loss")
         assert store.serving_version("faq").version == 1
 
         same = copy_version(config, store, 1)  # as good as the serving one: no worse
@@ -97,7 +99,7 @@ def test_promote_and_rollback_commands(setup, tmp_path, tiny_model_dir, capsys):
     assert main(["--config", str(config_file), "promote", "faq", "1"]) == 0
     assert "faq v1: promoted" in capsys.readouterr().out
     assert main(["promote", "faq", "--config", str(config_file)]) == 3  # the newest: v2
-    assert "faq v2: refused: held-out loss" in capsys.readouterr().out
+    assert "faq v2: refused: at scale 1: held-out loss" in capsys.readouterr().out
     assert main(["--config", str(config_file), "promote", "faq", "2", "--force"]) == 0
     assert main(["--config", str(config_file), "rollback", "faq"]) == 0
     assert "faq now serves v1" in capsys.readouterr().out

@@ -15,6 +15,7 @@ import torch
 import trainer.model_setup as model_setup
 import trainer.train as train_module
 from storage import SyncStore
+from tests.conftest import fast_training_toml
 from trainer.data import Example, build_splits
 from trainer.modeling import choose_placement
 from trainer.pipeline import TrainRequest, run_training
@@ -143,7 +144,8 @@ def train_config(make_config, tiny_model_dir):
     def build(**training):
         extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in training.items())
         return make_config(f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
-                           f"[training]\nbatch_size = 4\nlearning_rate = 0.01\n{extra}")
+                           "[training]\nbatch_size = 4\nlearning_rate = 0.01\n"
+                           f"{fast_training_toml()}{extra}")
     return build
 
 

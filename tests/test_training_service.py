@@ -14,6 +14,7 @@ import pytest
 from bot.config import parse_config
 from bot.training import TrainingBusy, TrainingService
 from storage import Database
+from tests.conftest import fast_training_toml
 from tests.tiny_model import save_random_adapter
 
 
@@ -38,7 +39,7 @@ async def setup(tmp_path, tiny_model_dir):
         return parse_config(f'[storage]\ndata_dir = "{tmp_path.as_posix()}/data"\n'
                             f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
                             f"[training]\nepochs = {epochs}\neval_every = 0\n"
-                            "checkpoint_every = 5\n", base_dir=tmp_path)
+                            "checkpoint_every = 5\n" + fast_training_toml(), base_dir=tmp_path)
 
     base = config(1)
     async with Database(base.database_path) as db:

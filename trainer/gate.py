@@ -1,12 +1,22 @@
-"""The promotion gate: a candidate serves only if it is no worse on the held-out pairs.
+"""The promotion gate: a candidate serves only if it learned its pairs and broke nothing else.
 
-The held-out pairs are the ones the candidate's run set aside (saved with the
-version as held_out.jsonl; the split is fixed per adapter, see trainer.data).
-The candidate and the version serving now are both measured now, on those
-pairs, formatted the same way; with no serving version the base model is the
-reference. The candidate is promoted when its loss is finite and at most
-`training.max_regression` (relative) above the reference's. The reason is
-recorded on the version either way; a refused candidate stays a candidate.
+Measured now, with one model load, on the same sets formatted the same way:
+the base model, the version serving now (if any) and the candidate at each
+adapter scale of `training.adapter_scales`, largest first. At a scale the
+candidate passes when
+
+- its held-out loss (pairs its run set aside, held_out.jsonl; the split is
+  fixed per adapter) is finite and at most `training.max_regression` above the
+  serving version's (or the base model's) — when it has held-out pairs;
+- it still answers a sample of everything it was taught (taught.jsonl, old and
+  new pairs alike): recall at least `training.min_recall`;
+- the canaries hold against the base model (trainer.canaries): general QA,
+  leakage of taught words into unrelated answers, general-text perplexity.
+
+The first scale that passes is the one it serves at (written into its
+adapter_config.json, see scale_adapter_config). The whole report goes to the
+version's gate.json and the reason onto its row; a refused candidate stays a
+candidate.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +32,17 @@ from typing import Any
 from storage import AdapterVersion, SyncStore
 
 from . import modeling
+from .canaries import (
+    distinctive_terms,
+    leakage,
+    load_canaries,
+    qa_accuracy,
+    recall,
+    text_perplexity,
+)
 from .data import row_to_example
-from .metrics import LossResult, dataset_loss
-from .versions import HELD_OUT_FILE, read_meta
+from .metrics import dataset_loss
+from .versions import GATE_FILE, HELD_OUT_FILE, TAUGHT_FILE, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +59,8 @@ class GateDecision:
     reference_loss: float | None
     reference: str  # "serving v3" or "base model"
     examples: int = 0
+    scale: float | None = None  # the adapter scale it serves at, when promoted
+    report: dict[str, Any] | None = None  # everything measured (also in the version's gate.json)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,54 +103,208 @@ def read_held_out(directory: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def measure(source: str, placement: modeling.Placement, adapters: dict[str, Path | None],
-            held_out: list[dict[str, Any]], *, system_prompt: str | None, max_seq_len: int,
-            batch_size: int = 8) -> dict[str, LossResult]:
-    """Held-out loss of each named adapter directory (None = the base model), one model load."""
+CANARY_NEW_TOKENS = 48
+
+
+@dataclass
+class Measured:
+    """One model (base, serving or a candidate at one scale) on the gate's sets."""
+
+    label: str
+    scale: float = 1.0
+    held_out_loss: float | None = None
+    recall: float | None = None
+    general: float | None = None
+    leakage: float | None = None
+    text_perplexity: float | None = None
+    leaks: list[dict[str, Any]] | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def canary_failures(candidate: Measured, base: Measured, limits: Any) -> list[str]:
+    """Which canary checks `candidate` fails against the base model (empty: all pass)."""
+    failures = []
+    if candidate.general is not None and base.general is not None:
+        floor = base.general - limits.max_general_drop
+        if candidate.general < floor - 1e-9:
+            failures.append(f"general QA {candidate.general:.1%} < base {base.general:.1%} "
+                            f"- {limits.max_general_drop:.1%}")
+    if candidate.leakage is not None and candidate.leakage > limits.max_leakage + 1e-9:
+        failures.append(f"leakage {candidate.leakage:.1%} > {limits.max_leakage:.1%}")
+    if candidate.text_perplexity is not None and base.text_perplexity is not None:
+        ceiling = base.text_perplexity * (1 + limits.max_perplexity_rise)
+        if not math.isfinite(candidate.text_perplexity) or candidate.text_perplexity > ceiling:
+            failures.append(f"general-text perplexity {candidate.text_perplexity:.3g} > base "
+                            f"{base.text_perplexity:.3g} + {limits.max_perplexity_rise:.0%}")
+    if candidate.recall is not None and candidate.recall < limits.min_recall - 1e-9:
+        failures.append(f"recall of taught pairs {candidate.recall:.0%} < "
+                        f"{limits.min_recall:.0%}")
+    return failures
+
+
+class _Bench:
+    """The gate's measurements: one model load, adapters switched and scaled in place."""
+
+    def __init__(self, config: Any, source: str, placement: modeling.Placement, *,
+                 system_prompt: str | None, max_seq_len: int, held_out: list[dict[str, Any]],
+                 taught: list[dict[str, Any]]):
+        from .formatting import make_collator
+
+        self.config = config
+        self.placement = placement
+        self.system_prompt = system_prompt
+        self.tokenizer = modeling.load_tokenizer(source)
+        self.collator = make_collator(self.tokenizer)
+        self.model = modeling.load_model(source, placement)
+        self.model.config.use_cache = True
+        self.autocast = None
+        if placement.device == "cuda":
+            import torch
+
+            self.autocast = torch.bfloat16
+        self.held_out = _encode(held_out, self.tokenizer, system_prompt, max_seq_len)
+        self.taught = [row_to_example(r) for r in taught]
+        self.canaries = None
+        if config.training.canary_checks:
+            self.canaries = load_canaries(_canary_dir(config))
+        self.base_open: list[str] | None = None
+        self.terms: set[str] = set()
+        self.source = source
+
+    def attach(self, label: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=label)
+        else:
+            self.model.load_adapter(str(path), adapter_name=label)
+
+    def _answers(self, questions: list[str]) -> list[str]:
+        from .data import Example
+        from .evaluate import generate_answers
+
+        if not questions:
+            return []
+        examples = [Example(q, "") for q in questions]
+        answers, _ = generate_answers(self.model, self.tokenizer, examples,
+                                      device=self.placement.device,
+                                      system_prompt=self.system_prompt,
+                                      max_new_tokens=CANARY_NEW_TOKENS, batch_size=16)
+        return answers
+
+    def measure(self, label: str, *, adapter: str | None, scale: float = 1.0) -> Measured:
+        import contextlib
+
+        from peft import PeftModel
+        from peft.helpers import rescale_adapter_scale
+
+        model = self.model
+        if adapter is None:
+            context = model.disable_adapter() if isinstance(model, PeftModel) \
+                else contextlib.nullcontext()
+        else:
+            model.set_adapter(adapter)
+            context = rescale_adapter_scale(model, scale) if scale != 1.0 \
+                else contextlib.nullcontext()
+        result = Measured(label, scale)
+        with context:
+            if self.held_out is not None:
+                result.held_out_loss = dataset_loss(
+                    model, self.held_out, self.collator, batch_size=8,
+                    device=self.placement.device, autocast_dtype=self.autocast).loss
+            if self.taught:
+                answers = self._answers([e.question for e in self.taught])
+                result.recall = recall(answers, [e.answer for e in self.taught])
+            if self.canaries is not None:
+                canaries = self.canaries
+                answers = self._answers(canaries.questions + canaries.prompts)
+                qa, open_answers = answers[:len(canaries.questions)], \
+                    answers[len(canaries.questions):]
+                result.general = qa_accuracy(qa, canaries.accepted)
+                if adapter is None:
+                    self.base_open = open_answers
+                    self.terms = distinctive_terms([e.answer for e in self.taught],
+                                                   answers + canaries.texts)
+                else:
+                    assert self.base_open is not None, "measure the base model first"
+                    result.leakage, result.leaks = leakage(open_answers, self.base_open,
+                                                           self.terms)
+                result.text_perplexity = text_perplexity(
+                    model, self.tokenizer, canaries.texts, device=self.placement.device,
+                    autocast_dtype=self.autocast)
+        log.info("gate: %s", result.row())
+        return result
+
+
+def _encode(rows: list[dict[str, Any]], tokenizer: Any, system_prompt: str | None,
+            max_seq_len: int) -> Any:
     from datasets import Dataset
-    from peft import PeftModel
 
     from .data import Example
-    from .formatting import encode_dataset, make_collator
+    from .formatting import encode_dataset
 
-    tokenizer = modeling.load_tokenizer(source)
-    collator = make_collator(tokenizer)
-    examples = [row_to_example(row).to_row() for row in held_out]
+    if not rows:
+        return None
+    examples = [row_to_example(row).to_row() for row in rows]
     dataset = Dataset.from_dict({c: [r[c] for r in examples] for c in Example.__dataclass_fields__})
     encoded, _ = encode_dataset(dataset, tokenizer, max_seq_len=max_seq_len,
                                 default_system=system_prompt, name="held-out")
-    model = modeling.load_model(source, placement)
-    results: dict[str, LossResult] = {}
-    autocast = None
-    if placement.device == "cuda":
-        import torch
+    return encoded
 
-        autocast = torch.bfloat16
-    for label, path in adapters.items():
-        if path is None:
-            continue
-        if not isinstance(model, PeftModel):
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=label)
-        else:
-            model.load_adapter(str(path), adapter_name=label)
-        model.set_adapter(label)
-        results[label] = dataset_loss(model, encoded, collator, batch_size=batch_size,
-                                      device=placement.device, autocast_dtype=autocast)
-    for label, path in adapters.items():
-        if path is not None:
-            continue
-        if isinstance(model, PeftModel):
-            with model.disable_adapter():
-                results[label] = dataset_loss(model, encoded, collator, batch_size=batch_size,
-                                              device=placement.device, autocast_dtype=autocast)
-        else:
-            results[label] = dataset_loss(model, encoded, collator, batch_size=batch_size,
-                                          device=placement.device, autocast_dtype=autocast)
-    return results
+
+def _canary_dir(config: Any) -> Path | None:
+    value = config.training.canary_dir
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else config.data_dir / path
+
+
+def read_taught(directory: Path, sample: int, seed: int) -> list[dict[str, Any]]:
+    """A fixed sample of the pairs the version was trained on (old and new ones alike)."""
+    import random
+
+    path = directory / TAUGHT_FILE
+    if not path.is_file() or sample <= 0:
+        return []
+    with path.open(encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    if len(rows) > sample:
+        rows = random.Random(seed).sample(rows, sample)
+    return rows
+
+
+def scale_adapter_config(directory: Path, scale: float, meta: dict[str, Any]) -> None:
+    """Serve the adapter at `scale`: lora_alpha (and any alpha_pattern) times scale.
+
+    LoRA's output is scaled by alpha / r, so this is exactly PEFT's
+    rescale_adapter_scale, stored: plain PeftModel.from_pretrained and the bot's
+    engine both load the version as the gate measured it. The trained alpha stays
+    in training_meta.json, so gating again starts from it.
+    """
+    path = directory / "adapter_config.json"
+    adapter_config = json.loads(path.read_text(encoding="utf-8"))
+    trained = meta.get("hyperparameters", {}).get("lora_alpha", adapter_config["lora_alpha"])
+    trained_pattern = meta.get("trained_alpha_pattern", adapter_config.get("alpha_pattern") or {})
+    adapter_config["lora_alpha"] = trained * scale
+    if trained_pattern:
+        adapter_config["alpha_pattern"] = {k: v * scale for k, v in trained_pattern.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> GateDecision:
-    """Measure `version` against the serving one (or the base) and record the outcome."""
+    """Measure `version` against the base model and the serving version; record the outcome.
+
+    Checks, all of which must pass at one adapter scale (the largest that does,
+    from training.adapter_scales): held-out loss no worse than the reference's by
+    more than max_regression (when the version has held-out pairs), recall of
+    taught pairs, and the canaries (general QA, leakage, general-text perplexity)
+    against the base model.
+    """
     candidate = store.get_version(adapter, version)
     if candidate.status == "serving":
         raise GateError(f"{adapter} v{version} is already serving")
@@ -141,38 +316,100 @@ def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> G
                                 "instead", math.nan, None, "none")
         store.set_version_reason(adapter, version, decision.reason)
         return decision
+    training = config.training
     held_out = read_held_out(directory)
-    if not held_out:
-        decision = GateDecision(False, f"refused: v{version} has no held-out pairs to measure "
-                                "(too few pairs: add more, or raise training.validation_fraction)",
-                                math.nan, None, "none")
+    taught = read_taught(directory, training.recall_sample, training.seed)
+    if not held_out and not taught:
+        decision = GateDecision(False, f"refused: v{version} has neither held-out nor taught "
+                                "pairs to measure (a version from an older trainer: train it "
+                                "again)", math.nan, None, "none")
         store.set_version_reason(adapter, version, decision.reason)
         return decision
     serving = store.serving_version(adapter)
-    adapters: dict[str, Path | None] = {"candidate": directory}
-    reference = "base model"
-    if serving is not None:
-        adapters["serving"] = resolve_version_path(config.adapters_dir, serving.path)
-        reference = f"serving v{serving.version}"
-    else:
-        adapters["base"] = None
     hyper = meta.get("hyperparameters", {})
     source = modeling.resolve_model_source(config.model.name, config.model_cache_dir,
                                            allow_download=config.model.allow_download)
     placement = modeling.choose_placement(config.model.device, config.model.dtype,
                                           config.model.load_in_4bit)
-    results = measure(source, placement, adapters, held_out,
-                      system_prompt=hyper.get("system_prompt"),
-                      max_seq_len=hyper.get("max_seq_len", config.training.max_seq_len))
-    reference_loss = results["serving" if serving is not None else "base"].loss
-    decision = decide(results["candidate"].loss, reference_loss, config.training.max_regression,
-                      reference=reference, examples=len(held_out))
+    bench = _Bench(config, source, placement, system_prompt=hyper.get("system_prompt"),
+                   max_seq_len=hyper.get("max_seq_len", training.max_seq_len),
+                   held_out=held_out, taught=taught)
+    bench.attach("candidate", directory)
+    base = bench.measure("base model", adapter=None)
+    reference = base
+    if serving is not None:
+        bench.attach("serving", resolve_version_path(config.adapters_dir, serving.path))
+        reference = bench.measure(f"serving v{serving.version}", adapter="serving")
+    scales = sorted(set(training.adapter_scales), reverse=True) or [1.0]
+    tried: list[Measured] = []
+    chosen: Measured | None = None
+    failures: list[str] = []
+    for scale in scales:
+        measured = bench.measure(f"candidate ×{scale:g}", adapter="candidate", scale=scale)
+        tried.append(measured)
+        failures = canary_failures(measured, base, training)
+        if measured.held_out_loss is not None:
+            held = decide(measured.held_out_loss, reference.held_out_loss,
+                          training.max_regression, reference=reference.label,
+                          examples=len(held_out))
+            if not held.promote:
+                failures.insert(0, held.reason.removeprefix("refused: "))
+        if not failures:
+            chosen = measured
+            break
+    final = chosen or tried[0]
+    summary = _summary(final, base, reference)
+    if chosen is not None:
+        reason = f"promoted at adapter scale {chosen.scale:g}: {summary}"
+    else:
+        reason = (f"refused: at scale {tried[0].scale:g}: "
+                  + "; ".join(canary_failures(tried[0], base, training) or failures)
+                  + (f" (also failed at {', '.join(f'{m.scale:g}' for m in tried[1:])})"
+                     if len(tried) > 1 else ""))
+    report = {"decision": "promoted" if chosen else "refused", "reason": reason,
+              "scale": chosen.scale if chosen else None,
+              "models": [base.row()] + ([reference.row()] if reference is not base else [])
+              + [m.row() for m in tried],
+              "limits": {k: getattr(training, k) for k in (
+                  "max_regression", "max_general_drop", "max_leakage", "max_perplexity_rise",
+                  "min_recall")},
+              "taught_sample": len(taught), "held_out": len(held_out)}
+    _write_json(directory / GATE_FILE, report)
+    decision = GateDecision(chosen is not None, reason,
+                            final.held_out_loss if final.held_out_loss is not None else math.nan,
+                            reference.held_out_loss, reference.label, len(held_out),
+                            scale=chosen.scale if chosen else None, report=report)
     log.info("gate for %s v%d: %s", adapter, version, decision.reason)
-    if decision.promote:
+    if chosen is not None:
+        scale_adapter_config(directory, chosen.scale, meta)
         store.set_serving(adapter, version, reason=decision.reason)
     else:
         store.set_version_reason(adapter, version, decision.reason)
     return decision
+
+
+def _summary(m: Measured, base: Measured, reference: Measured) -> str:
+    parts = []
+    if m.recall is not None:
+        parts.append(f"recall {m.recall:.0%}")
+    if m.held_out_loss is not None:
+        ref = reference.held_out_loss
+        parts.append(f"held-out loss {m.held_out_loss:.4f}"
+                     + (f" vs {reference.label} {ref:.4f}" if ref is not None else ""))
+    if m.general is not None and base.general is not None:
+        parts.append(f"general QA {m.general:.0%} (base {base.general:.0%})")
+    if m.leakage is not None:
+        parts.append(f"leakage {m.leakage:.1%}")
+    if m.text_perplexity is not None and base.text_perplexity is not None:
+        parts.append(f"text perplexity {m.text_perplexity:.2f} (base {base.text_perplexity:.2f})")
+    return ", ".join(parts)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def newest_candidate(store: SyncStore, adapter: str) -> AdapterVersion:
@@ -193,3 +430,23 @@ def rollback_target(store: SyncStore, adapter: str) -> int:
         store.require_adapter(adapter)
         raise GateError(f"{adapter} has no earlier version to roll back to")
     return older[-1]
+
+
+def format_report(report: dict[str, Any] | None) -> str:
+    """The gate report as a small fixed-width table (CLI, Discord, console)."""
+    if not report or not report.get("models"):
+        return ""
+    columns = [("recall", "recall", "{:.0%}"), ("held_out_loss", "held-out", "{:.3f}"),
+               ("general", "general QA", "{:.0%}"), ("leakage", "leakage", "{:.1%}"),
+               ("text_perplexity", "text ppl", "{:.2f}")]
+    present = [c for c in columns if any(c[0] in m for m in report["models"])]
+    width = max(len(m["label"]) for m in report["models"]) + 2
+    lines = ["model".ljust(width) + "".join(title.rjust(11) for _, title, _ in present)]
+    for model in report["models"]:
+        cells = []
+        for key, _, fmt in present:
+            value = model.get(key)
+            cells.append((fmt.format(value) if isinstance(value, (int, float)) else "–").rjust(11))
+        lines.append(model["label"].ljust(width) + "".join(cells))
+    lines.append(report.get("reason", ""))
+    return "\n".join(lines)

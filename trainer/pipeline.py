@@ -5,6 +5,13 @@ process). It records a training_runs row (running → succeeded/failed, with the
 pid, log file, version and metrics), holds a per-adapter lock so two runs of
 one adapter never race for a version number, writes the version atomically and
 adds its row as a `candidate`; with `promote=True` the gate then decides.
+
+Started by `torchrun` or `accelerate launch`, every process runs this: rank 0
+does all of the above and hands the others what they need to train in step with
+it (run directory, settings, examples, model source); they write nothing, and
+return rank 0's outcome once the version is written, so all processes end
+together. A failure on rank 0 before or after training reaches the others as an
+error instead of leaving them waiting.
 """
 
 from __future__ import annotations
@@ -33,9 +40,19 @@ from .data import (
     data_hash,
     load_from_db,
     read_examples,
+    write_jsonl,
 )
-from .train import CHECKPOINT_FILE, Events, Recipe, TrainConfig, TrainingError
-from .versions import package_versions, write_version
+from .events import TensorBoardScalars, require_tensorboard
+from .train import (
+    CHECKPOINT_FILE,
+    Events,
+    Recipe,
+    TrainConfig,
+    TrainingError,
+    World,
+    process_group,
+)
+from .versions import TAUGHT_FILE, package_versions, write_version
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +73,7 @@ class TrainRequest:
     run_id: int | None = None  # a row the bot created already
     promote: bool = False
     trigger: str = "cli"
+    tensorboard: Path | None = None  # TensorBoard scalars under <this>/<adapter>/<run dir>
 
 
 @dataclass
@@ -140,11 +158,117 @@ def load_examples(config: Any, request: TrainRequest) -> list[Example]:
     return examples
 
 
+class Handoff:
+    """What rank 0 tells the other processes: the plan before training, the outcome
+    after it, or instead an error. Every rank must make the same collective calls in
+    the same order (one that a rank skips waits forever), so each message is sent
+    exactly once; with a single process nothing is sent at all."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.stage = "plan"  # plan → training → outcome → done
+
+    def send_plan(self, **plan: Any) -> None:
+        if self.world.distributed and self.stage == "plan":
+            self.world.broadcast({"plan": plan})
+        self.stage = "training"
+
+    def trained(self) -> None:
+        self.stage = "outcome"
+
+    def finish(self, outcome: TrainOutcome) -> None:
+        if self.world.distributed and self.stage == "outcome":
+            self.world.broadcast({"outcome": outcome})
+        self.stage = "done"
+
+    def abandon(self, exc: BaseException) -> None:
+        """Rank 0 failed: tell the others if they are waiting for a message. During
+        training they fail on the same step (losses are summed across ranks) or the
+        launcher stops them when rank 0 exits."""
+        if self.world.distributed and self.stage in ("plan", "outcome"):
+            with contextlib.suppress(Exception):  # the others may be gone already
+                self.world.broadcast({"error": str(exc) or type(exc).__name__})
+        self.stage = "done"
+
+    def receive(self, what: str) -> Any:
+        message = self.world.broadcast(None)
+        if "error" in message:
+            raise TrainingError(f"rank 0 stopped the run: {message['error']}")
+        return message[what]
+
+
 def run_training(config: Any, request: TrainRequest, *,
                  on_event: Callable[[dict], None] | None = None,
                  progress: bool | None = None) -> TrainOutcome:
     """Train, write the version, record everything; raises on failure (run marked failed)."""
     adapter = validate_adapter_name(request.adapter)  # before it names any path
+    world = World.from_environment()
+    if not world.distributed:
+        return _run(config, request, adapter, Handoff(world), on_event, progress)
+    device = modeling.choose_placement(config.model.device, config.model.dtype, False).device
+    with process_group(world, device):
+        if not world.is_main:
+            with _silent_errors():
+                return _train_beside_rank_0(config, request, world)
+        handoff = Handoff(world)
+        try:
+            outcome = _run(config, request, adapter, handoff, on_event, progress)
+        except BaseException as exc:
+            handoff.abandon(exc)
+            raise
+        handoff.finish(outcome)
+        return outcome
+
+
+def _train_beside_rank_0(config: Any, request: TrainRequest, world: World) -> TrainOutcome:
+    """A process other than rank 0: train in step with it on what it hands over."""
+    logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story, once
+    handoff = Handoff(world)
+    plan = handoff.receive("plan")
+    cfg = TrainConfig(**plan["config"])
+    splits, _ = build_splits(plan["examples"], salt=request.adapter,
+                             held_out_fraction=config.training.validation_fraction,
+                             validation_fraction=config.training.eval_fraction, seed=cfg.seed)
+    placement = modeling.choose_placement(config.model.device, config.model.dtype, False)
+    recipe = Recipe(cfg, model_source=plan["source"], placement=placement,
+                    run_dir=Path(plan["run_dir"]), events=Events(), progress=False,
+                    allow_download=config.model.allow_download, world=world)
+    try:
+        recipe.setup(splits, resume=plan["resume"])
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return handoff.receive("outcome")
+
+
+@contextlib.contextmanager
+def _silent_errors() -> Iterator[None]:
+    """Rank 0 alone reports (stdout events); the others' errors go to stderr only."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(AttributeError):
+            exc.reported = True  # type: ignore[attr-defined]  # main() prints no event
+        raise
+
+
+def _fan_out(*callbacks: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    live = [c for c in callbacks if c is not None]
+    if not live:
+        return None
+
+    def call(record: dict) -> None:
+        for callback in live:
+            callback(record)
+
+    return call
+
+
+def _run(config: Any, request: TrainRequest, adapter: str, handoff: Handoff,
+         on_event: Callable[[dict], None] | None, progress: bool | None) -> TrainOutcome:
+    """Rank 0's part (all of it in a single process)."""
+    if request.tensorboard is not None:
+        require_tensorboard()  # before a run row exists that would have to be failed
     with SyncStore(config.database_path, busy_timeout_ms=config.storage.busy_timeout_ms) as store, \
             contextlib.ExitStack() as held:
         try:
@@ -174,7 +298,11 @@ def run_training(config: Any, request: TrainRequest, *,
                else store.create_run(adapter, trigger=request.trigger))
         run_dir = Path(run_dir or runs_root(config, adapter) / f"run-{run.id}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        events = Events(request.events, on_event, run_dir / EVENTS_FILE)
+        board = (TensorBoardScalars(request.tensorboard / adapter / run_dir.name)
+                 if request.tensorboard is not None else None)
+        if board is not None:
+            held.callback(board.close)
+        events = Events(request.events, _fan_out(on_event, board), run_dir / EVENTS_FILE)
         store.update_run(run.id, status="running", pid=os.getpid(), error=None,
                          log_path=str(run_dir / LOG_FILE),
                          started_at=run.started_at or now_text(), finished_at=None)
@@ -183,7 +311,7 @@ def run_training(config: Any, request: TrainRequest, *,
         try:
             with log_to_file(run_dir / LOG_FILE):
                 outcome = _train(config, store, request, record, run.id, run_dir, saved,
-                                 events, progress, started, recipes)
+                                 events, progress, started, recipes, handoff)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             message = ("interrupted; continue with --resume" if interrupted
@@ -203,7 +331,8 @@ def run_training(config: Any, request: TrainRequest, *,
             decision = gate_version(config, store, adapter, outcome.version)
             outcome.gate = decision.as_dict()
             events.emit("gate", version=outcome.version, promoted=decision.promote,
-                        reason=decision.reason)
+                        reason=decision.reason, scale=decision.scale,
+                        report=decision.report)
         return outcome
 
 
@@ -219,7 +348,8 @@ def stored_pairs(splits: Any) -> list[tuple[int, str]]:
 
 def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, run_id: int,
            run_dir: Path, saved: dict[str, Any] | None, events: Events,
-           progress: bool | None, started: float, recipes: list[Recipe]) -> TrainOutcome:
+           progress: bool | None, started: float, recipes: list[Recipe],
+           handoff: Handoff) -> TrainOutcome:
     adapter = request.adapter
     examples = load_examples(config, request)
     fingerprint = data_hash(examples)
@@ -233,7 +363,12 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
         log.info("resuming run %d with its own settings (%s)", run_id, run_dir / RUN_FILE)
     else:
         default_prompt = record.system_prompt or config.model.system_prompt
+        replay_prompts = config.training.replay_prompts
+        if replay_prompts and not Path(replay_prompts).is_absolute():
+            replay_prompts = str(config.data_dir / replay_prompts)
         cfg = TrainConfig.from_settings(config.training, system_prompt=default_prompt,
+                                        vote_baseline=config.feedback.min_score,
+                                        replay_prompts=replay_prompts or None,
                                         **request.overrides)
         cfg.check()
         (run_dir / RUN_FILE).write_text(json.dumps(
@@ -249,12 +384,16 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
     source = modeling.resolve_model_source(config.model.name, config.model_cache_dir,
                                            allow_download=config.model.allow_download)
     placement = modeling.choose_placement(config.model.device, config.model.dtype, False)
+    handoff.send_plan(run_dir=str(run_dir), config=asdict(cfg), examples=examples,
+                      resume=saved is not None, source=source)
     recipe = Recipe(cfg, model_source=source, placement=placement, run_dir=run_dir,
                     events=events, progress=progress,
-                    allow_download=config.model.allow_download)
+                    allow_download=config.model.allow_download, world=handoff.world,
+                    cache_dir=config.data_dir / "cache")
     recipes.append(recipe)
     recipe.setup(splits, resume=saved is not None)
     result = recipe.train()
+    handoff.trained()
     number = store.next_version_number(adapter)
     meta = {
         "adapter": adapter,
@@ -273,11 +412,19 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
         "metrics": result.metrics,
         "duration_s": round(time.perf_counter() - started, 1),
         "device": placement.device,
+        "processes": handoff.world.size,
         "packages": package_versions(),
         "created_at": now_text(),
     }
     held_out_rows = [dict(row) for row in splits["held_out"]]
-    path = write_version(config.adapters_dir, adapter, number, save=recipe.save, meta=meta,
+    # what it was taught (not its paraphrases): the gate asks a sample of it again
+    taught_rows = [dict(row) for row in splits["train"]]
+
+    def save(directory: Path) -> None:
+        recipe.save(directory)
+        write_jsonl(taught_rows, directory / TAUGHT_FILE)
+
+    path = write_version(config.adapters_dir, adapter, number, save=save, meta=meta,
                          history=result.state.history, evals=result.state.evals,
                          held_out=held_out_rows)
     try:

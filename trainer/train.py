@@ -14,22 +14,35 @@ a 4-bit NF4 base through bitsandbytes) and `full` (every weight). The loop:
 - a NaN or infinite loss or gradient stops the run (NonFiniteLossError);
 - checkpoints (trainable weights, optimiser, scheduler, RNG states, position
   in the data) written atomically every `checkpoint_every` steps: a resumed run
-  ends with the same weights as one that was never interrupted.
+  ends with the same weights as one that was never interrupted;
+- optional weighted sampling (`vote_weight`, `recency_half_life_days`): each epoch
+  draws as many examples as there are, with replacement, in proportion to their
+  weights (seeded);
+- several processes when started by `torchrun` or `accelerate launch` (World):
+  the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA),
+  each process trains on its shard of every epoch, token counts and losses are
+  summed across processes so a step is still the mean over all its answer tokens,
+  and only rank 0 writes checkpoints and progress events. A single process takes
+  none of these paths.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from .data import sampling_weights
 from .errors import NonFiniteLossError, TrainingError
 from .events import Events
 from .formatting import (
@@ -39,7 +52,7 @@ from .formatting import (
     encode_dataset,
     make_collator,
 )
-from .metrics import LossResult, answer_token_count, dataset_loss
+from .metrics import LossResult, answer_token_count, dataset_loss, perplexity
 from .model_setup import (
     load_for_training,
     load_trainable_state,
@@ -79,6 +92,14 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = none
     group_by_length: bool = True
     system_prompt: str | None = None  # used when an example has none (the bot's prompt)
+    vote_weight: float = 0.0  # extra sampling weight per net vote above vote_baseline
+    recency_half_life_days: float = 0.0  # a pair's weight halves per this many days of age
+    vote_baseline: int = 0  # feedback.min_score: the votes that earn no extra weight
+    replay_weight: float = 0.0  # KL to the base model on replayed generic prompts; 0 = off
+    replay_batch_size: int = 8
+    replay_prompts: str | None = None  # JSONL file; None/empty = the set shipped with us
+    paraphrases: int = 0  # reworded questions per training pair, written by the base model
+    min_steps: int = 0  # with few pairs, more epochs until a run has this many steps
 
     @classmethod
     def from_settings(cls, training: Any, **overrides: Any) -> TrainConfig:
@@ -101,6 +122,9 @@ class TrainConfig:
             problems.append("learning_rate must be positive")
         if self.max_seq_len < 16:
             problems.append("max_seq_len must be at least 16")
+        for name in ("vote_weight", "recency_half_life_days"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name} must be 0 (off) or positive")
         if problems:
             raise TrainingError("invalid training settings: " + "; ".join(problems))
 
@@ -129,6 +153,188 @@ class TrainResult:
     encode_stats: dict[str, EncodeStats]
 
 
+# --- several processes (torchrun / accelerate launch) --------------------------------
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one run.
+
+    `torchrun` and `accelerate launch` start one process per device and tell each
+    its RANK, WORLD_SIZE and LOCAL_RANK; a plain `python -m trainer train` is rank 0
+    of 1, for which every method here returns at once without touching
+    torch.distributed.
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> World:
+        env = os.environ if environ is None else environ
+        try:
+            size = int(env.get("WORLD_SIZE") or 1)
+            rank = int(env.get("RANK") or 0)
+            local_rank = int(env.get("LOCAL_RANK") or rank)
+        except ValueError:
+            shown = ", ".join(f"{n}={env.get(n)!r}" for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+            raise TrainingError(f"the distributed environment is not whole numbers ({shown}); "
+                                f"start several processes with torchrun or accelerate "
+                                f"launch, or unset these variables") from None
+        if size < 1 or not 0 <= rank < size or local_rank < 0:
+            raise TrainingError(f"RANK {rank} does not fit WORLD_SIZE {size}; start several "
+                                f"processes with torchrun or accelerate launch, or unset "
+                                f"these variables")
+        return cls(rank, size, local_rank)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object) on every rank."""
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def sum(self, values: Sequence[float], device: str = "cpu") -> list[float]:
+        """Element-wise sums over the ranks (float64: token counts stay exact)."""
+        if not self.distributed:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+
+@contextlib.contextmanager
+def process_group(world: World, device: str) -> Iterator[None]:
+    """Join the run's other processes for as long as it lasts (gloo on CPU, nccl on CUDA)."""
+    if not world.distributed:
+        yield
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # the launcher (or a caller) joined already: theirs to close
+        yield
+        return
+    if device == "cuda":
+        torch.cuda.set_device(world.local_rank)  # "cuda" then means this process's device
+    try:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    except (ValueError, RuntimeError) as exc:
+        raise TrainingError(f"cannot join the other training processes (rank {world.rank} of "
+                            f"{world.size}): {exc}; start them with torchrun --nproc-per-node "
+                            f"N -m trainer train ... or accelerate launch") from exc
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _saved_bytes(value: Any) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def weights_digest(model: Any) -> str:
+    """A fingerprint of the trained weights: equal on every rank when DDP kept them in step."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class EpochPlan:
+    """The micro-batches of every epoch for this process, a pure function of (seed, epoch).
+
+    Which examples: each once (a seeded shuffle), or with sampling weights as many
+    draws with replacement as there are examples, so an epoch stays the data size.
+    With several processes each takes its share of those (torch's DistributedSampler,
+    seeded, padded so every rank gets as many batches). Then length grouping as in
+    LengthGroupedBatches. The plain case (one process, no weights) is exactly
+    LengthGroupedBatches, so turning the new options off changes nothing.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int,
+                 group_by_length: bool = True, weights: Sequence[float] | None = None,
+                 world: World | None = None):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.weights = list(weights) if weights is not None else None
+        self.world = world or World()
+        self._plain = LengthGroupedBatches(self.lengths, batch_size, seed=seed,
+                                           group_by_length=group_by_length)
+        self.per_rank = -(-len(self.lengths) // self.world.size)
+
+    def __len__(self) -> int:
+        return -(-self.per_rank // self.batch_size)
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        if self.weights is None and not self.world.distributed:
+            return self._plain.epoch(epoch)
+        drawn = self.draw(epoch)
+        mine = self._shard(drawn, epoch)
+        grouped = LengthGroupedBatches([self.lengths[i] for i in mine], self.batch_size,
+                                       seed=self.seed, group_by_length=self.group_by_length)
+        return [[mine[i] for i in batch] for batch in grouped.epoch(epoch)]
+
+    def draw(self, epoch: int) -> list[int]:
+        """The examples of one epoch over all ranks: weighted draws, or each once."""
+        import torch
+
+        if self.weights is None:
+            return list(range(len(self.lengths)))
+        # its own stream, apart from the shuffles' (seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed((self.seed + 1) * 999_983 + epoch)
+        weights = torch.tensor(self.weights, dtype=torch.float64)
+        return torch.multinomial(weights, len(self.lengths), replacement=True,
+                                 generator=generator).tolist()
+
+    def _shard(self, drawn: list[int], epoch: int) -> list[int]:
+        if not self.world.distributed:
+            return drawn
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(drawn, num_replicas=self.world.size, rank=self.world.rank,
+                                     shuffle=True, seed=self.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        return [drawn[i] for i in sampler]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.epoch(0))
+
+
 # --- the recipe ----------------------------------------------------------------------
 
 class Recipe:
@@ -136,7 +342,8 @@ class Recipe:
 
     def __init__(self, cfg: TrainConfig, *, model_source: str, placement: Placement,
                  run_dir: Path, events: Events | None = None, progress: bool | None = None,
-                 allow_download: bool = False):
+                 allow_download: bool = False, cache_dir: Path | None = None,
+                 world: World | None = None):
         cfg.check()
         self.cfg = cfg
         self.model_source = model_source
@@ -145,8 +352,15 @@ class Recipe:
         self.events = events or Events()
         self.progress = progress  # None: a bar only on a terminal
         self.allow_download = allow_download
+        self.cache_dir = cache_dir  # paraphrases and replay answers, reused across runs
+        self.replay: Any = None
+        self.paraphrased = 0
+        self.step_replay = 0.0
+        self.world = world or World()
         self.state = TrainState()
         self.model: Any = None
+        self.train_model: Any = None  # the model the loop calls: DDP around `model` if several
+        self.local_tokens = 0  # this process's own share of the tokens (this session)
         self.tokenizer: Any = None
         self.base_held_out: LossResult | None = None
 
@@ -163,6 +377,9 @@ class Recipe:
         self.autocast_dtype = torch.bfloat16 if self.device == "cuda" else None
         self.tokenizer = load_tokenizer(self.model_source, allow_download=self.allow_download)
         self.collator = make_collator(self.tokenizer)
+        self.model = load_for_training(self.model_source, self.placement, cfg,
+                                       allow_download=self.allow_download)
+        splits, replay = self._model_written_data(splits)
         self.encoded, self.encode_stats = {}, {}
         for name in ("train", "validation", "held_out"):
             self.encoded[name], self.encode_stats[name] = encode_dataset(
@@ -172,17 +389,29 @@ class Recipe:
             raise TrainingError("no training example is left after tokenisation (every one "
                                 "was longer than max_seq_len in its prompt alone); raise "
                                 "training.max_seq_len")
-        self.model = load_for_training(self.model_source, self.placement, cfg,
-                                       allow_download=self.allow_download)
+        self.replay = None
+        if replay:
+            self.replay, self.encode_stats["replay"] = encode_dataset(
+                _dataset(replay), self.tokenizer, max_seq_len=cfg.max_seq_len,
+                default_system=cfg.system_prompt, name="replay")
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.batches = LengthGroupedBatches(self.encoded["train"]["length"], cfg.batch_size,
-                                            seed=cfg.seed, group_by_length=cfg.group_by_length)
+        self.batches = EpochPlan(self.encoded["train"]["length"], cfg.batch_size, seed=cfg.seed,
+                                 group_by_length=cfg.group_by_length,
+                                 weights=self._sampling_weights(), world=self.world)
         micro_per_epoch = len(self.batches)
+        self.epochs = cfg.epochs
+        if cfg.min_steps and cfg.max_steps <= 0:
+            # a handful of pairs is a handful of steps an epoch: too few to learn them
+            needed = math.ceil(cfg.min_steps * cfg.grad_accum / micro_per_epoch)
+            if needed > self.epochs:
+                log.info("%d micro-batches an epoch: %d epochs instead of %d to reach "
+                         "min_steps = %d", micro_per_epoch, needed, self.epochs, cfg.min_steps)
+                self.epochs = needed
         if cfg.max_steps > 0:
             self.total_steps = cfg.max_steps
         else:
-            self.total_steps = math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum)
+            self.total_steps = math.ceil(self.epochs * micro_per_epoch / cfg.grad_accum)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(
@@ -193,11 +422,115 @@ class Recipe:
         self.best_weights: dict[str, Any] | None = None
         if resume:
             self._load_checkpoint()
+        self.train_model = self._distributed_model()
         n_trainable = sum(p.numel() for p in self.params)
         n_total = sum(p.numel() for p in self.model.parameters())
         log.info("method %s: %s of %s weights trainable (%.2f%%); %d examples, %d steps",
                  cfg.method, f"{n_trainable:,}", f"{n_total:,}", 100 * n_trainable / n_total,
                  len(self.encoded["train"]), self.total_steps)
+        if self.world.distributed:
+            log.info("%d processes, each %d micro-batches of %d an epoch", self.world.size,
+                     len(self.batches), cfg.batch_size)
+
+    def _sampling_weights(self) -> list[float] | None:
+        cfg, train = self.cfg, self.encoded["train"]
+        columns = set(train.column_names)
+        votes = train["votes"] if "votes" in columns else [0] * len(train)
+        dates = train["created_at"] if "created_at" in columns else [""] * len(train)
+        weights = sampling_weights(votes, dates, vote_weight=cfg.vote_weight,
+                                   vote_baseline=cfg.vote_baseline,
+                                   half_life_days=cfg.recency_half_life_days)
+        if weights is not None:
+            log.info("weighted sampling: weights %.3g to %.3g (mean %.3g) over %d examples",
+                     min(weights), max(weights), sum(weights) / len(weights), len(weights))
+        return weights
+
+    def _model_written_data(self, splits: Any) -> tuple[Any, list[Any]]:
+        """Paraphrased training questions and the replay set, written by the base model.
+
+        Rank 0 writes them (the model is still the base: LoRA starts as the identity,
+        full training has not begun) and hands them to the other processes, so every
+        rank trains on the same rows.
+        """
+        cfg = self.cfg
+        if not (cfg.paraphrases or cfg.replay_weight):
+            return splits, []
+        from .augment import augment
+        from .data import row_to_example
+        from .replay import load_prompts, replay_examples
+
+        added: list[Any] = []
+        replay: list[Any] = []
+        if self.world.is_main:
+            with self._as_base_model():
+                model_id = str(self.model_source)
+                if cfg.paraphrases:
+                    taught = [row_to_example(row) for row in splits["train"]]
+                    cache = self.cache_dir / "paraphrases.json" if self.cache_dir else None
+                    added = augment(taught, self.model, self.tokenizer,
+                                    per_question=cfg.paraphrases, device=self.device,
+                                    seed=cfg.seed, model_id=model_id, cache=cache)
+                if cfg.replay_weight:
+                    prompts = load_prompts(Path(cfg.replay_prompts) if cfg.replay_prompts
+                                           else None)
+                    replay = replay_examples(self.model, self.tokenizer, prompts,
+                                             system_prompt=cfg.system_prompt,
+                                             device=self.device, model_id=model_id,
+                                             cache_dir=self.cache_dir)
+        added, replay = self.world.broadcast((added, replay))
+        if added:
+            from datasets import DatasetDict, concatenate_datasets
+
+            train = concatenate_datasets([splits["train"], _dataset(added)])
+            splits = DatasetDict(train=train, validation=splits["validation"],
+                                 held_out=splits["held_out"])
+        self.paraphrased = len(added)
+        return splits, replay
+
+    @contextlib.contextmanager
+    def _as_base_model(self) -> Iterator[None]:
+        """Generation from the untouched base model: no dropout, adapters off, a KV cache."""
+        model = self.model
+        was_training, use_cache = model.training, model.config.use_cache
+        model.eval()
+        model.config.use_cache = True
+        disable = getattr(model, "disable_adapter", None)
+        try:
+            with disable() if disable is not None else contextlib.nullcontext():
+                yield
+        finally:
+            model.config.use_cache = use_cache
+            model.train(was_training)
+
+    def _replay_loss(self, micro_index: int) -> Any:
+        """KL(base ‖ model) on a replay batch, drawn by step and micro-batch (resumable)."""
+        import torch
+
+        from .replay import kl_to_base
+
+        rows = len(self.replay)
+        draw = random.Random(f"{self.cfg.seed}:{self.world.rank}:{micro_index}")
+        indices = sorted(draw.sample(range(rows), min(self.cfg.replay_batch_size, rows)))
+        batch = {k: v.to(self.device) for k, v in
+                 collate(self.replay, indices, self.collator).items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with torch.autocast(device_type=self.device, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            if self.cfg.method == "full":  # no base beside it: the base's answers as targets
+                return self.model(**batch).loss
+            with torch.no_grad(), self.model.disable_adapter():
+                base_logits = self.model(**inputs).logits
+            logits = self.model(**inputs).logits
+        return kl_to_base(logits, base_logits, batch["labels"])
+
+    def _distributed_model(self) -> Any:
+        """DDP around the model when there are several processes (after any resume)."""
+        if not self.world.distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.world.local_rank] if self.device == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
     # --- train ----------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -226,14 +559,19 @@ class Recipe:
                 state.answer_tokens += answer_tokens
                 state.train_seconds += seconds
                 lr = self.scheduler.get_last_lr()[0]
-                state.history.append({"step": state.step, "loss": loss, "lr": lr})
+                point = {"step": state.step, "loss": loss, "lr": lr}
+                if self.replay is not None:
+                    point["replay_kl"] = self.step_replay
+                state.history.append(point)
                 tokens_per_s = tokens / seconds if seconds > 0 else 0.0
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}",
                                 mem=self._memory_text(), refresh=False)
                 self.events.emit("step", step=state.step, total=self.total_steps,
                                  loss=round(loss, 6), lr=lr, grad_norm=round(grad_norm, 4),
-                                 tokens_per_s=round(tokens_per_s, 1))
+                                 tokens_per_s=round(tokens_per_s, 1),
+                                 **({"replay_kl": round(self.step_replay, 6)}
+                                    if self.replay is not None else {}))
                 last = state.step == self.total_steps
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and not last:
                     self._validate()
@@ -251,12 +589,13 @@ class Recipe:
                      state.best_loss)
             load_trainable_state(self.model, self.best_weights)
         held_out = self._loss("held_out") if len(self.encoded["held_out"]) else None
+        self._compare_ranks()
         return TrainResult(state, self._metrics(held_out), self.encode_stats)
 
     def _micro_in_step(self) -> int:
         if self.cfg.max_steps > 0:
             return self.cfg.grad_accum
-        left = self.cfg.epochs * len(self.batches) - self.state.micro_done
+        left = self.epochs * len(self.batches) - self.state.micro_done
         return max(0, min(self.cfg.grad_accum, left))
 
     def _micro_batches(self, start: int) -> Iterator[list[int]]:
@@ -269,24 +608,41 @@ class Recipe:
     def _optimiser_step(self, group: list[list[int]]) -> tuple[float, int, int, float]:
         import torch
 
+        world = self.world
         batches = [collate(self.encoded["train"], indices, self.collator) for indices in group]
         # the step's loss is the mean over all its answer tokens, wherever they fall
         step_tokens = sum(answer_token_count(b["labels"]) for b in batches)
-        total_loss, tokens = 0.0, 0
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        self.local_tokens += tokens
+        if world.distributed:  # ... on whichever process they fall
+            step_tokens, tokens = (int(n) for n in world.sum([step_tokens, tokens], self.device))
+        total_loss = 0.0
+        self.step_replay = 0.0
         for micro, batch in enumerate(batches):
+            if self.replay is not None:
+                # the unwrapped model: its gradients stay local and join the synced
+                # backward pass below (DDP reduces whatever has accumulated)
+                replay = self._replay_loss(self.state.micro_done + micro)
+                if not torch.isfinite(replay.detach()):
+                    raise self._non_finite_loss(replay.item(), micro)
+                (replay * (self.cfg.replay_weight / len(batches))).backward()
+                self.step_replay += replay.detach().item() / len(batches)
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with torch.autocast(device_type=self.device, dtype=self.autocast_dtype,
-                                enabled=self.autocast_dtype is not None):
-                loss = self.model(**batch, num_items_in_batch=step_tokens).loss
-            if not torch.isfinite(loss.detach()):
-                raise NonFiniteLossError(
-                    f"the loss became {loss.item()} at step {self.state.step + 1} (micro-batch "
-                    f"{micro + 1}); the run is stopped and no version is written. Lower the "
-                    f"learning rate (now {self.cfg.learning_rate:g}) or max_grad_norm, or check "
-                    f"the data")
-            loss.backward()
+            # DDP averages gradients over the processes when the step's last micro-batch
+            # goes backward; scaling by their number turns that mean back into the sum
+            with self._gradient_sync(micro == len(batches) - 1):
+                with torch.autocast(device_type=self.device, dtype=self.autocast_dtype,
+                                    enabled=self.autocast_dtype is not None):
+                    loss = self.train_model(**batch, num_items_in_batch=step_tokens).loss
+                if not world.distributed and not torch.isfinite(loss.detach()):
+                    raise self._non_finite_loss(loss.item(), micro)
+                (loss * world.size if world.distributed else loss).backward()
             total_loss += loss.detach().item()
-            tokens += int(batch["attention_mask"].sum())
+        if world.distributed:
+            # a rank's NaN alone would leave the others waiting: all decide on the sum
+            (total_loss,) = world.sum([total_loss], self.device)
+            if not math.isfinite(total_loss):
+                raise self._non_finite_loss(total_loss)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if not math.isfinite(grad_norm):
@@ -299,10 +655,52 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, tokens, step_tokens, grad_norm
 
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP exchanges gradients only on a step's last backward pass, not on every one."""
+        if sync or not self.world.distributed:
+            return contextlib.nullcontext()
+        return self.train_model.no_sync()
+
+    def _non_finite_loss(self, value: float, micro: int | None = None) -> NonFiniteLossError:
+        where = f" (micro-batch {micro + 1})" if micro is not None else ""
+        return NonFiniteLossError(
+            f"the loss became {value} at step {self.state.step + 1}{where}; the run is stopped "
+            f"and no version is written. Lower the learning rate (now "
+            f"{self.cfg.learning_rate:g}) or max_grad_norm, or check the data")
+
     def _loss(self, split: str) -> LossResult:
-        return dataset_loss(self.model, self.encoded[split], self.collator,
-                            batch_size=self.cfg.batch_size, device=self.device,
+        data, world = self.encoded[split], self.world
+        if not world.distributed or len(data) == 0:
+            return dataset_loss(self.model, data, self.collator, batch_size=self.cfg.batch_size,
+                                device=self.device, autocast_dtype=self.autocast_dtype)
+        # each process measures its part (empty when rows are fewer than processes); the
+        # token-weighted mean of the parts is the whole's
+        part = dataset_loss(self.model, data.select(range(world.rank, len(data), world.size)),
+                            self.collator, batch_size=self.cfg.batch_size, device=self.device,
                             autocast_dtype=self.autocast_dtype)
+        loss_sum = part.loss * part.answer_tokens if part.answer_tokens else 0.0
+        loss_sum, answer_tokens, examples, tokens, seconds = world.sum(
+            [loss_sum, part.answer_tokens, part.examples, part.tokens, part.seconds],
+            self.device)
+        loss = loss_sum / answer_tokens if answer_tokens else math.nan
+        return LossResult(loss, perplexity(loss), int(examples), int(tokens),
+                          int(answer_tokens), seconds / world.size)
+
+    def _compare_ranks(self) -> None:
+        """With several processes: did they all end with the same weights? (They must.)"""
+        if not self.world.distributed:
+            return
+        reports = self.world.gather({"rank": self.world.rank,
+                                     "checksum": weights_digest(self.model),
+                                     "tokens": self.local_tokens})
+        agree = len({r["checksum"] for r in reports}) == 1
+        self.events.emit("ranks", world_size=self.world.size, agree=agree, ranks=reports)
+        if agree:
+            log.info("all %d processes end with the same weights (checksum %s)",
+                     self.world.size, reports[0]["checksum"])
+        elif self.world.is_main:
+            log.warning("the processes end with different weights (checksums %s); rank 0's "
+                        "are kept", ", ".join(r["checksum"] for r in reports))
 
     def _validate(self, final: bool = False) -> None:
         state = self.state
@@ -343,6 +741,8 @@ class Recipe:
             "steps": state.step,
             "epochs": round(state.micro_done / len(self.batches), 3),
             "train_loss": round(sum(recent) / len(recent), 6) if recent else None,
+            "paraphrases": self.paraphrased,
+            "replay_examples": len(self.replay) if self.replay is not None else 0,
             "tokens": state.tokens,
             "answer_tokens": state.answer_tokens,
             "train_seconds": round(state.train_seconds, 2),
@@ -375,15 +775,21 @@ class Recipe:
         import torch
 
         np_state = np.random.get_state()
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+               "python": random.getstate(),
+               "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+        # every process draws its own dropout masks: each gets its own RNG back on resume
+        # (as torch.save bytes: all_gather_object cannot carry the RNG tensors themselves)
+        rng_of_ranks = self.world.gather(_saved_bytes(rng)) if self.world.distributed else None
+        if not self.world.is_main:  # rank 0 writes; the weights are the same everywhere
+            return self.checkpoint_path
         payload = {
             "trainable": trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "python": random.getstate(),
-                    "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()),
-                              *np_state[2:])},
+            "rng": rng,
+            "rng_of_ranks": rng_of_ranks,
             "state": asdict(self.state),
             "best_weights": self.best_weights,
             "config": asdict(self.cfg),
@@ -412,6 +818,9 @@ class Recipe:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         rng = payload["rng"]
+        of_ranks = payload.get("rng_of_ranks")
+        if of_ranks and len(of_ranks) == self.world.size:
+            rng = torch.load(io.BytesIO(of_ranks[self.world.rank]), weights_only=False)
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -435,6 +844,7 @@ class Recipe:
         import gc
 
         self.model = None
+        self.train_model = None
         self.optimizer = None
         self.best_weights = None
         gc.collect()
@@ -445,3 +855,11 @@ class Recipe:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+def _dataset(examples: list[Any]) -> Any:
+    """A datasets.Dataset of trainer.data.Example rows."""
+    from datasets import Dataset
+
+    rows = [e.to_row() for e in examples]
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in rows[0]})

@@ -81,6 +81,9 @@ class Training(SlashCog):
         icon = {"succeeded": "✅" if outcome.promoted else "🟡", "cancelled": "⏹️"}.get(
             outcome.status, "❌")
         text = f"{icon} {outcome.summary()}"
+        table = outcome.report_table()
+        if table and len(text) + len(table) < 1900:  # one Discord message
+            text += f"\n```\n{table}\n```"
         files = []
         if outcome.loss_curve is not None:
             files.append(discord.File(outcome.loss_curve, filename="loss_curve.png"))

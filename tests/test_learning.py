@@ -1,0 +1,194 @@
+"""Learning without forgetting, on the tiny Llama: replay, paraphrases, min_steps, the gate's
+canaries and the adapter scale it stores."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import trainer.augment as augment_module
+import trainer.train as train_module
+from storage import SyncStore
+from tests.tiny_model import save_random_adapter
+from trainer.data import Example, build_splits
+from trainer.gate import gate_version, scale_adapter_config
+from trainer.modeling import choose_placement
+from trainer.pipeline import TrainRequest, run_training
+from trainer.train import Recipe, TrainConfig
+
+WORDS = "one two three four five six seven eight nine ten".split()
+
+
+def pairs(n: int = 12) -> list[Example]:
+    return [Example(f"What is {WORDS[i % 10]} plus {WORDS[i // 10]}?",
+                    f"The answer is {WORDS[(i + i // 10) % 10]}.") for i in range(n)]
+
+
+def write_prompts(path, n: int = 6):
+    path.write_text("".join(json.dumps({"prompt": f"Tell me about the number {w}."}) + "\n"
+                            for w in WORDS[:n]))
+    return path
+
+
+def test_replay_is_mixed_into_every_micro_batch_and_starts_at_zero_kl(tiny_model_dir,
+                                                                     tmp_path):
+    events = []
+    cfg = TrainConfig(batch_size=4, grad_accum=2, learning_rate=1e-2, max_steps=3, seed=1,
+                      replay_weight=1.0, replay_batch_size=3,
+                      replay_prompts=str(write_prompts(tmp_path / "replay.jsonl")))
+    run = Recipe(cfg, model_source=str(tiny_model_dir), placement=choose_placement("cpu"),
+                 run_dir=tmp_path / "run", events=train_module.Events(callback=events.append),
+                 progress=False, cache_dir=tmp_path / "cache")
+    splits, _ = build_splits(pairs(), salt="t", held_out_fraction=0, validation_fraction=0,
+                             seed=0)
+    drawn = []
+    original = Recipe._replay_loss
+
+    def spy(self, micro_index):
+        drawn.append(micro_index)
+        return original(self, micro_index)
+
+    run._replay_loss = spy.__get__(run)
+    run.setup(splits)
+    assert len(run.replay) == 6  # the base model's answers, one per prompt
+    assert list((tmp_path / "cache").glob("replay-*.jsonl"))  # cached for the next run
+    result = run.train()
+    steps = [e for e in events if e["event"] == "step"]
+    # one replay batch per micro-batch: 2 per optimiser step, at the configured size
+    assert drawn == [0, 1, 2, 3, 4, 5]
+    assert run.cfg.replay_batch_size == 3
+    # LoRA starts as the identity, so the adapted model equals the base: no divergence
+    assert steps[0]["replay_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert steps[-1]["replay_kl"] > 0
+    assert result.metrics["replay_examples"] == 6
+    run.cleanup()
+
+
+def test_min_steps_raises_the_epochs_for_a_handful_of_pairs(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(batch_size=4, epochs=2, learning_rate=1e-2, min_steps=10, seed=1)
+    run = Recipe(cfg, model_source=str(tiny_model_dir), placement=choose_placement("cpu"),
+                 run_dir=tmp_path / "run", progress=False)
+    splits, _ = build_splits(pairs(3), salt="t", held_out_fraction=0, validation_fraction=0,
+                             seed=0)
+    run.setup(splits)  # 3 pairs: one micro-batch an epoch
+    assert run.epochs == 10 and run.total_steps == 10
+    assert run.train().state.step == 10
+    run.cleanup()
+
+
+def test_paraphrases_keep_the_answer_and_are_cached(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_sample(model, tokenizer, questions, **kwargs):
+        calls.append(list(questions))
+        return [[f"Could you say {q[8:]}"] for q in questions]
+
+    monkeypatch.setattr(augment_module, "sample_paraphrases", fake_sample)
+    taught = [Example("What is the Brindlewood mascot?", "A jaguar named Pemberton.",
+                      system="Be brief.", history=[{"role": "user", "content": "hi"}],
+                      source="db:turn 4")]
+    cache = tmp_path / "paraphrases.json"
+    added = augment_module.augment(taught, None, None, per_question=2, device="cpu", seed=0,
+                                   model_id="m", cache=cache)
+    assert [e.question for e in added] == ["Could you say the Brindlewood mascot?"]
+    assert (added[0].answer, added[0].system, added[0].history) == (
+        taught[0].answer, taught[0].system, taught[0].history)
+    assert added[0].source == "db:turn 4 (paraphrase)"
+    again = augment_module.augment(taught, None, None, per_question=2, device="cpu", seed=0,
+                                   model_id="m", cache=cache)
+    assert again == added and len(calls) == 1  # the second run reads the cache
+
+
+def test_the_stored_scale_is_what_plain_peft_serves(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from peft.helpers import rescale_adapter_scale
+    from transformers import AutoModelForCausalLM
+
+    directory = save_random_adapter(tiny_model_dir, tmp_path / "v1", seed=4, spread=0.5)
+    ids = torch.tensor([[5, 17, 42, 9, 100]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, str(directory))
+    with torch.no_grad(), rescale_adapter_scale(model, 0.5):
+        expected = model(ids).logits
+        with model.disable_adapter():
+            unscaled_base = model(ids).logits
+    alpha = json.loads((directory / "adapter_config.json").read_text())["lora_alpha"]
+    scale_adapter_config(directory, 0.5, {"hyperparameters": {"lora_alpha": alpha}})
+    served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                       str(directory))
+    with torch.no_grad():
+        got = served(ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, unscaled_base, atol=1e-3)  # the adapter still acts
+
+
+@pytest.fixture
+def leaky(tmp_path, tiny_model_dir):
+    """A version trained to answer everything with the same made-up words."""
+    canaries = tmp_path / "canaries"
+    canaries.mkdir()
+    (canaries / "general_qa.jsonl").write_text(
+        "".join(json.dumps({"question": f"What is {w}?", "answers": [w]}) + "\n"
+                for w in WORDS[:4]))
+    (canaries / "open_prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Say something about {w}."}) + "\n" for w in WORDS))
+    (canaries / "general_text.jsonl").write_text(
+        "".join(json.dumps({"text": f"The number {w} comes after the one before it."}) + "\n"
+                for w in WORDS))
+    config_file = tmp_path / "bot.toml"
+    config_file.write_text(
+        f'[storage]\ndata_dir = "{(tmp_path / "data").as_posix()}"\n'
+        f'[model]\nname = "{tiny_model_dir.as_posix()}"\n[engine]\nmax_new_tokens = 8\n'
+        "[training]\nbatch_size = 4\nlearning_rate = 0.03\nvalidation_fraction = 0\n"
+        "eval_fraction = 0\nreplay_weight = 0\nparaphrases = 0\nmin_steps = 0\n"
+        f'canary_dir = "{canaries.as_posix()}"\nmin_recall = 0\n')
+    from bot.config import load_config
+
+    config = load_config(config_file, environ={})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Question {w} {v}?",
+                                        "answer": "Paris discord adapter."}) + "\n"
+                            for w in WORDS for v in WORDS[:2]))
+    outcome = run_training(config, TrainRequest(adapter="faq", data_files=[data],
+                                                overrides={"max_steps": 40}), progress=False)
+    return config, outcome
+
+
+def test_the_gate_refuses_a_candidate_that_spills_its_answers(leaky):
+    config, outcome = leaky
+    with SyncStore(config.database_path) as store:
+        decision = gate_version(config, store, "faq", outcome.version)
+        row = store.get_version("faq", outcome.version)
+    assert not decision.promote
+    assert "leakage" in decision.reason and "also failed at 0.75, 0.5" in decision.reason
+    assert row.status == "candidate" and row.reason == decision.reason
+    report = json.loads((outcome.path / "gate.json").read_text())
+    candidate = [m for m in report["models"] if m["label"].startswith("candidate")]
+    assert [m["scale"] for m in candidate] == [1.0, 0.75, 0.5]
+    assert candidate[0]["leakage"] > config.training.max_leakage
+    assert any({"paris", "discord", "adapter"} & set(leak["terms"])
+               for leak in candidate[0]["leaks"])
+    base = report["models"][0]
+    assert base["label"] == "base model" and math.isfinite(base["text_perplexity"])
+    # the served adapter is untouched: nothing was scaled
+    alpha = json.loads((outcome.path / "adapter_config.json").read_text())["lora_alpha"]
+    assert alpha == config.training.lora_alpha
+
+
+def test_the_gate_promotes_when_the_canaries_allow_and_stores_the_scale(leaky):
+    config, outcome = leaky
+    from dataclasses import replace
+
+    lenient = replace(config, training=replace(config.training, max_leakage=1.0,
+                                               max_perplexity_rise=1000.0,
+                                               max_general_drop=1.0,
+                                               adapter_scales=[0.5]))
+    with SyncStore(config.database_path) as store:
+        decision = gate_version(lenient, store, "faq", outcome.version)
+        assert decision.promote and decision.scale == 0.5
+        assert store.serving_version("faq").version == outcome.version
+    stored = json.loads((outcome.path / "adapter_config.json").read_text())
+    assert stored["lora_alpha"] == config.training.lora_alpha * 0.5

@@ -1,0 +1,140 @@
+"""More ways to ask: paraphrased questions for each taught pair, written by the base model.
+
+A user who asks "Is there a mascot at Brindlewood?" should get the answer that
+was taught for "What is the Brindlewood mascot called?". Each training pair
+gets a few rewordings of its question, sampled from the base model with a
+few-shot prompt (a small instruct model asked directly tends to answer the
+question instead of rewording it). A rewording is kept only when it still asks
+the same thing, as far as words can tell: it is a question, it is not the
+original, and it keeps most of the original's content words and every name
+in it. The answer is never changed. Results are cached per model and question,
+so a nightly run only samples for new pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .canaries import STOPWORDS, words
+from .data import Example, normalise
+
+log = logging.getLogger(__name__)
+
+FEW_SHOT = """Question: What time does the library open on Saturdays?
+Reworded: On Saturdays, when does the library open its doors?
+
+Question: Who is in charge of the marketing team?
+Reworded: Which person leads the marketing team?
+
+Question: How many vacation days do new employees get?
+Reworded: What is the number of holiday days a new hire receives?
+
+Question: Where can I park my bike at the office?
+Reworded: Is there a place at the office to leave my bicycle?
+
+"""
+MIN_SHARED = 0.6  # share of the original's content words a rewording must keep
+_NAME = re.compile(r"(?<!^)(?<![.?!]\s)\b[A-Z][a-zA-Z0-9'-]+")
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in words(text) if w not in STOPWORDS and len(w) > 2}
+
+
+def names(text: str) -> set[str]:
+    """Capitalised words past the start of a sentence: names of things."""
+    return {n.lower() for n in _NAME.findall(text.strip())}
+
+
+def keeps_meaning(original: str, candidate: str) -> bool:
+    """Heuristic check that `candidate` rewords `original` rather than asking something else."""
+    candidate = candidate.strip()
+    if not candidate.endswith("?") or normalise(candidate) == normalise(original):
+        return False
+    if not 0.4 <= len(candidate) / max(1, len(original)) <= 2.5:
+        return False
+    wanted = content_words(original)
+    kept = content_words(candidate)
+    if not names(original) <= kept | names(candidate):
+        return False
+    return not wanted or len(wanted & kept) / len(wanted) >= MIN_SHARED
+
+
+def _cache_key(model_id: str, question: str, per_question: int, seed: int) -> str:
+    return hashlib.sha256(f"{model_id}\0{question}\0{per_question}\0{seed}".encode()).hexdigest()
+
+
+def sample_paraphrases(model: Any, tokenizer: Any, questions: Sequence[str], *, per_question: int,
+                       device: str, seed: int, batch_size: int = 8, tries: int = 3,
+                       ) -> list[list[str]]:
+    """Up to `per_question` kept rewordings of each question (sampled `tries`× as many)."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    results: list[list[str]] = []
+    try:
+        for start in range(0, len(questions), batch_size):
+            chunk = list(questions[start:start + batch_size])
+            prompts = [f"{FEW_SHOT}Question: {q.strip()}\nReworded:" for q in chunk]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            torch.manual_seed(seed + start)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=48, do_sample=True,
+                                     temperature=0.7, top_p=0.9,
+                                     num_return_sequences=per_question * tries,
+                                     pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
+                                           skip_special_tokens=True)
+            n = per_question * tries
+            for i, question in enumerate(chunk):
+                kept: list[str] = []
+                for text in texts[i * n:(i + 1) * n]:
+                    line = text.strip().split("\n")[0].strip()
+                    if keeps_meaning(question, line) and all(
+                            normalise(line) != normalise(k) for k in kept):
+                        kept.append(line)
+                results.append(kept[:per_question])
+    finally:
+        tokenizer.padding_side = side
+    return results
+
+
+def augment(examples: list[Example], model: Any, tokenizer: Any, *, per_question: int,
+            device: str, seed: int, model_id: str, cache: Path | None = None) -> list[Example]:
+    """The paraphrased examples to add (same answer, system and history as the original)."""
+    if per_question <= 0 or not examples:
+        return []
+    stored: dict[str, list[str]] = {}
+    if cache is not None and cache.is_file():
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            log.warning("paraphrase cache %s is unreadable; sampling again", cache)
+    keys = [_cache_key(model_id, e.question, per_question, seed) for e in examples]
+    missing = [i for i, k in enumerate(keys) if k not in stored]
+    if missing:
+        sampled = sample_paraphrases(model, tokenizer, [examples[i].question for i in missing],
+                                     per_question=per_question, device=device, seed=seed)
+        for i, kept in zip(missing, sampled, strict=True):
+            stored[keys[i]] = kept
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored, ensure_ascii=False), encoding="utf-8")
+            tmp.replace(cache)
+    added = []
+    for example, key in zip(examples, keys, strict=True):
+        for text in stored[key]:
+            added.append(Example(text, example.answer, example.system, example.history,
+                                 source=f"{example.source} (paraphrase)"))
+    log.info("paraphrases: %d kept for %d of %d question(s)", len(added),
+             sum(bool(stored[k]) for k in keys), len(examples))
+    return added
