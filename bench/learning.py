@@ -152,11 +152,16 @@ class Probe:
         return self.measure()
 
 
-def run_variant(name: str, overrides: dict[str, Any], probe: Probe) -> dict[str, Any]:
+def run_variant(name: str, overrides: dict[str, Any], probe: Probe,
+                cache: Path | None = None) -> dict[str, Any]:
     from trainer.pipeline import TrainRequest, run_training
 
     with tempfile.TemporaryDirectory(prefix=f"learning-{name}-") as tmp:
         tmp_path = Path(tmp)
+        if cache is not None:  # paraphrases and replay answers of an earlier run
+            cache.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "data").mkdir()
+            (tmp_path / "data" / "cache").symlink_to(cache.resolve())
         data = tmp_path / "facts.jsonl"
         write_jsonl([{"question": f["question"], "answer": f["answer"]} for f in probe.facts],
                     data)
@@ -212,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--facts", type=int, default=0, help="use only the first N facts "
                         "(a quick smoke run; the figures need all of them)")
     parser.add_argument("--model", help="another base model (a directory), for a smoke run")
+    parser.add_argument("--cache-dir", type=Path, help="keep the base model's paraphrases and "
+                        "replay answers here and reuse them (they are per model and question; "
+                        "the training time then excludes writing them)")
+    parser.add_argument("--base-json", type=Path, help="the base model's row from an earlier "
+                        "--json file instead of measuring it again")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -228,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     probe = Probe(config, args.gsm8k)
     if args.facts:
         probe.facts = probe.facts[:args.facts]
-    base = probe.base()
+    base = (json.loads(args.base_json.read_text())["base"] if args.base_json
+            else probe.base())
     rows = []
     for name in args.variant or ["default"]:
-        row = run_variant(name, VARIANTS[name] | extra, probe)
+        row = run_variant(name, VARIANTS[name] | extra, probe, args.cache_dir)
         rows.append(row)
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'leaks'})}",
               file=sys.stderr, flush=True)
