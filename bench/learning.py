@@ -183,7 +183,7 @@ def run_variant(name: str, overrides: dict[str, Any], probe: Probe,
         result = probe.with_adapter(outcome.path)
         result |= {"variant": name, "overrides": overrides, "train_seconds": round(seconds, 1),
                    "promoted": gate.get("promote"), "scale": gate.get("scale"),
-                   "gate_reason": gate.get("reason"),
+                   "gate_reason": gate.get("reason"), "gate_report": gate.get("report"),
                    "steps": outcome.metrics.get("steps")}
         return result
 
