@@ -13,7 +13,8 @@ import pytest
 
 from storage import Database, SyncStore
 from tests.conftest import ROOT, fast_training_env
-from trainer.train import TrainingError, World
+from trainer.distributed import World
+from trainer.train import TrainingError
 
 WORDS = "one two three four five six seven eight nine ten".split()
 

@@ -17,10 +17,11 @@ import pytest
 from storage import SyncStore
 from tests.conftest import fast_training_toml
 from trainer.data import DataError, Example, build_splits, load_from_db, sampling_weights
+from trainer.distributed import EpochPlan, World
 from trainer.formatting import LengthGroupedBatches
 from trainer.modeling import choose_placement
 from trainer.pipeline import TrainRequest, run_training
-from trainer.train import EpochPlan, Recipe, TrainConfig, World
+from trainer.train import Recipe, TrainConfig
 
 DAY = "2026-03-{:02d}T12:00:00.000Z"
 

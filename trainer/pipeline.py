@@ -42,16 +42,9 @@ from .data import (
     read_examples,
     write_jsonl,
 )
+from .distributed import World, process_group
 from .events import TensorBoardScalars, require_tensorboard
-from .train import (
-    CHECKPOINT_FILE,
-    Events,
-    Recipe,
-    TrainConfig,
-    TrainingError,
-    World,
-    process_group,
-)
+from .train import CHECKPOINT_FILE, Events, Recipe, TrainConfig, TrainingError
 from .versions import TAUGHT_FILE, package_versions, write_version
 
 log = logging.getLogger(__name__)
