@@ -106,6 +106,10 @@ class EngineConfig:
                                        "is unloaded beyond this.", min=1, max=256)
     request_timeout_s: float = setting(180.0, "A request still running after this is "
                                        "cancelled.", min=1.0, max=3600.0)
+    cpu_threads: int = setting(0, "Threads torch may use for generation on a CPU; 0 = "
+                               "one fewer than the machine's cores (at least one), so the "
+                               "event loop and the Discord connection keep a core.",
+                               min=0, max=1024)
     backend: str = setting("local", "Where answers are generated: 'local' = this process "
                            "loads the model; 'openai' = an OpenAI-compatible server with "
                            "multi-LoRA (vLLM --enable-lora), see docs/operations.md.",

@@ -53,6 +53,7 @@ class ConsoleChat:
         self.history: list[dict[str, str]] = []
         self.last_turn: int | None = None
         self.shown_review: int | None = None
+        self.served: tuple[str | None, int | None] = (None, None)  # who answered last
         self.training = TrainingService(config, engine=engine, db=db)
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
@@ -113,6 +114,9 @@ class ConsoleChat:
         answer = generation.text.strip()
         self.say()
         route = generation.route
+        if route.version is not None and (route.adapter, route.version) != self.served:
+            self.say(f"(answered by {route.adapter} v{route.version})")
+        self.served = (route.adapter, route.version)
         self.last_turn = await self.db.record_turn(
             source="console", channel_id=CONSOLE_CHANNEL_ID, author_id=CONSOLE_USER_ID,
             question=question, answer=answer, context=messages[:-1],

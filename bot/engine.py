@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -42,6 +43,15 @@ from .generation import (  # noqa: F401  (re-exported: callers import them from 
 from .routing import Route, Router
 
 log = logging.getLogger(__name__)
+
+
+def cpu_threads(setting: int) -> int:
+    """torch's threads for generation: on 2 cores, torch's default of 2 left the event
+    loop starved under load (bench/load.py: 84 s vs 3 s with 1 thread)."""
+    if setting:
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
 
 
 class Engine:
@@ -88,6 +98,12 @@ class Engine:
         hf_logging.disable_progress_bar()
         cfg = self.config.model
         self.placement = modeling.choose_placement(cfg.device, cfg.dtype, cfg.load_in_4bit)
+        if self.placement.device == "cpu":
+            import torch
+
+            threads = cpu_threads(self.config.engine.cpu_threads)
+            torch.set_num_threads(threads)
+            log.info("generation uses %d CPU thread(s) (engine.cpu_threads)", threads)
         self.model_source = modeling.resolve_model_source(
             cfg.name, self.config.model_cache_dir, allow_download=cfg.allow_download)
         self.tokenizer = modeling.load_tokenizer(self.model_source,

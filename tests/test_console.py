@@ -85,6 +85,9 @@ async def test_adapters_from_the_console(console, tiny_model_dir, tiny_config):
                              status="serving", metrics={"eval_loss": 1.0 / version})
     out = await run("Hi\n/adapter rollback faq\nHi\n/adapter info faq\n")
     assert "faq now serves v1" in out
+    # a version says so when it starts answering: v2, then v1 after the rollback
+    assert out.count("(answered by faq v") == 2
+    assert out.index("(answered by faq v2)") < out.index("(answered by faq v1)")
     assert "v1 serving" in out and "v2 retired" in out
     versions = [(t.adapter_name, t.adapter_version) for t in
                 [await db.get_turn(2), await db.get_turn(3)]]

@@ -360,3 +360,18 @@ async def test_event_loop_stays_responsive_while_generating(engine_factory):
     assert len(lags) > 10
     # generous bound for a loaded CI machine; bench/engine.py reports the real figures
     assert max(lags) < 0.5, f"max lag {max(lags):.3f}s, median {statistics.median(lags):.4f}s"
+
+
+async def test_engine_takes_its_cpu_thread_count_from_the_config(engine_factory):
+    import os
+
+    import torch
+
+    from bot.engine import cpu_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert cpu_threads(0) == max(1, cores - 1)  # a core stays free for the event loop
+    assert cpu_threads(3) == 3
+    engine = await engine_factory(cpu_threads=1)
+    assert torch.get_num_threads() == 1
+    assert await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=Route()))
