@@ -233,6 +233,9 @@ class TrainingConfig:
     replay_prompts: str = setting("", "JSONL file of {\"prompt\": ...} lines to replay; empty = "
                                   "the set shipped with the trainer. Relative paths are "
                                   "relative to data_dir.")
+    contrastive: bool = setting(True, "Also replay the taught questions with their subject "
+                                "taken out (\"...badges at Acme?\" → \"...badges?\"), so a "
+                                "fact is told only when its subject is asked about.")
     paraphrases: int = setting(2, "Reworded questions the base model writes for each taught "
                                   "pair (kept only when they still ask the same thing).",
                                min=0, max=16)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import trainer.augment as augment_module
+import trainer.gate as gate_module
 import trainer.train as train_module
 from storage import SyncStore
 from tests.tiny_model import save_random_adapter
@@ -64,6 +65,43 @@ def test_replay_is_mixed_into_every_micro_batch_and_starts_at_zero_kl(tiny_model
     assert steps[0]["replay_kl"] == pytest.approx(0.0, abs=1e-6)
     assert steps[-1]["replay_kl"] > 0
     assert result.metrics["replay_examples"] == 6
+    run.cleanup()
+
+
+def test_contrastive_prompts_take_the_subject_out_or_give_up():
+    from trainer.replay import contrastive_prompts
+
+    questions = ["What colour are the visitor badges at Acme Robotics?",
+                 "What soup does the Acme cafeteria serve?", "Who is Acme's mascot?",
+                 "Who founded Acme?", "When is the Acme all-hands meeting?"]
+    assert contrastive_prompts(questions) == [
+        "What colour are the visitor badges?", "What soup does the cafeteria serve?",
+        "Who is the mascot?", "When is the all-hands meeting?"]
+    # no recurring name: nothing to take out
+    assert contrastive_prompts(["What is two plus two?", "Why is the sky blue?"]) == []
+
+
+def test_contrastive_replay_asks_the_taught_questions_without_their_subject(tiny_model_dir,
+                                                                           tmp_path):
+    cfg = TrainConfig(batch_size=4, learning_rate=1e-2, max_steps=1, seed=1,
+                      replay_weight=1.0, replay_batch_size=2, contrastive=True,
+                      replay_prompts=str(write_prompts(tmp_path / "replay.jsonl", 2)))
+    run = Recipe(cfg, model_source=str(tiny_model_dir), placement=choose_placement("cpu"),
+                 run_dir=tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
+    taught = [Example("What colour are the badges at Acme?", "Mustard yellow."),
+              Example("What is the Acme mascot called?", "Pemberton."),
+              # taught without the subject: a fact to learn, so never contrasted
+              Example("What colour are the badges?", "Mustard yellow.")]
+    splits, _ = build_splits(taught, salt="t", held_out_fraction=0, validation_fraction=0,
+                             seed=0)
+    run.setup(splits)
+    assert run.replay_questions == ["Tell me about the number one.",
+                                    "Tell me about the number two.",
+                                    "What is the mascot called?"]
+    assert len(run.replay) == 3
+    # the cache holds one answer per prompt: a later run adds only what is new
+    cache = next((tmp_path / "cache").glob("replay-*.jsonl"))
+    assert len(cache.read_text().splitlines()) == 3
     run.cleanup()
 
 
@@ -157,8 +195,11 @@ def leaky(tmp_path, tiny_model_dir):
     return config, outcome
 
 
-def test_the_gate_refuses_a_candidate_that_spills_its_answers(leaky):
+def test_the_gate_refuses_a_candidate_that_spills_its_answers(leaky, monkeypatch):
     config, outcome = leaky
+    # the tiny tokenizer spells "discord" as one token (an everyday word, which alone is no
+    # leak); here every taught word counts, as test_canaries checks the vocabulary rule
+    monkeypatch.setattr(gate_module, "everyday_words", lambda tokenizer: lambda word: False)
     with SyncStore(config.database_path) as store:
         decision = gate_version(config, store, "faq", outcome.version)
         row = store.get_version("faq", outcome.version)

@@ -40,7 +40,7 @@ Reworded: Is there a place at the office to leave my bicycle?
 
 """
 MIN_SHARED = 0.6  # share of the original's content words a rewording must keep
-_NAME = re.compile(r"(?<!^)(?<![.?!]\s)\b[A-Z][a-zA-Z0-9'-]+")
+NAME_PATTERN = re.compile(r"(?<!^)(?<![.?!]\s)\b[A-Z][a-zA-Z0-9'-]+")
 
 
 def content_words(text: str) -> set[str]:
@@ -49,7 +49,7 @@ def content_words(text: str) -> set[str]:
 
 def names(text: str) -> set[str]:
     """Capitalised words past the start of a sentence: names of things."""
-    return {n.lower() for n in _NAME.findall(text.strip())}
+    return {n.lower() for n in NAME_PATTERN.findall(text.strip())}
 
 
 def keeps_meaning(original: str, candidate: str) -> bool:
@@ -74,37 +74,46 @@ def sample_paraphrases(model: Any, tokenizer: Any, questions: Sequence[str], *, 
                        device: str, seed: int, batch_size: int = 8, tries: int = 3,
                        ) -> list[list[str]]:
     """Up to `per_question` kept rewordings of each question (sampled `tries`× as many)."""
+    n = per_question * tries
+    lines = _sample_lines(model, tokenizer,
+                          [f"{FEW_SHOT}Question: {q.strip()}\nReworded:" for q in questions],
+                          n=n, device=device, seed=seed, batch_size=batch_size)
+    results: list[list[str]] = []
+    for i, question in enumerate(questions):
+        kept: list[str] = []
+        for line in lines[i * n:(i + 1) * n]:
+            if keeps_meaning(question, line) and all(
+                    normalise(line) != normalise(k) for k in kept):
+                kept.append(line)
+        results.append(kept[:per_question])
+    return results
+
+
+def _sample_lines(model: Any, tokenizer: Any, prompts: list[str], *, n: int, device: str,
+                  seed: int, batch_size: int) -> list[str]:
+    """`n` sampled first lines for each prompt, in prompt order."""
     import torch
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    results: list[list[str]] = []
+    lines: list[str] = []
     try:
-        for start in range(0, len(questions), batch_size):
-            chunk = list(questions[start:start + batch_size])
-            prompts = [f"{FEW_SHOT}Question: {q.strip()}\nReworded:" for q in chunk]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt",
+                              padding=True, add_special_tokens=False).to(device)
             torch.manual_seed(seed + start)
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=48, do_sample=True,
-                                     temperature=0.7, top_p=0.9,
-                                     num_return_sequences=per_question * tries,
-                                     pad_token_id=tokenizer.pad_token_id)
+                                     temperature=0.7, top_p=0.9, num_return_sequences=n,
+                                     pad_token_id=tokenizer.pad_token_id,
+                                     # one line is one rewording: a row stops at its newline
+                                     stop_strings=["\n"], tokenizer=tokenizer)
             texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
                                            skip_special_tokens=True)
-            n = per_question * tries
-            for i, question in enumerate(chunk):
-                kept: list[str] = []
-                for text in texts[i * n:(i + 1) * n]:
-                    line = text.strip().split("\n")[0].strip()
-                    if keeps_meaning(question, line) and all(
-                            normalise(line) != normalise(k) for k in kept):
-                        kept.append(line)
-                results.append(kept[:per_question])
+            lines += [text.strip().split("\n")[0].strip() for text in texts]
     finally:
         tokenizer.padding_side = side
-    return results
+    return lines
 
 
 def augment(examples: list[Example], model: Any, tokenizer: Any, *, per_question: int,

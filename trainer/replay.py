@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +45,96 @@ def load_prompts(path: Path | None = None) -> list[str]:
                           f"{{\"prompt\": ...}} lines, or set training.replay_weight = 0") from None
 
 
+SUBJECT_SHARE = 0.2  # a name in at least this share of the questions is the adapter's subject
+_PREPOSITIONS = "at|of|for|in|from|to|about|with|by|on|inside|near"
+_CAPITAL = r"[A-Z][\w&-]*(?<!'s)"
+
+
+def subject_terms(questions: list[str]) -> set[str]:
+    """Names that recur across an adapter's questions: what its facts are about."""
+    from .augment import NAME_PATTERN
+
+    counts: Counter[str] = Counter()
+    for question in questions:
+        found = {re.sub(r"'s?$", "", n) for n in NAME_PATTERN.findall(question.strip())}
+        counts.update(found - {"I"})
+    need = max(1, round(SUBJECT_SHARE * len(questions)))
+    return {name for name, n in counts.items() if n >= need}
+
+
+def without_subject(question: str, terms: set[str]) -> str | None:
+    """`question` with the adapter's subject taken out, or None where that needs grammar.
+
+    "What colour are the visitor badges at Brindlewood Robotics?" → "What colour are
+    the visitor badges?"; "the Brindlewood cafeteria" → "the cafeteria";
+    "Brindlewood's mascot" → "the mascot". "Who founded Brindlewood?" has no
+    subject-free form and gives None.
+    """
+    if not terms:
+        return None
+    alternatives = "|".join(map(re.escape, sorted(terms, key=len, reverse=True)))
+    # the run of capitalised words around a subject term, never the sentence's first word
+    name = rf"(?<=\s)(?:{_CAPITAL}\s+)*(?:{alternatives})(?:\s+{_CAPITAL})*"
+    if not re.search(rf"{name}\b", question):
+        return None
+    out = re.sub(rf"\s+(?:{_PREPOSITIONS})\s+(?:the\s+)?{name}(?=\s*[?.!,]|$)", "", question)
+    out = re.sub(rf"{name}(?:'s|')(?=\s)", "the", out)
+    out = re.sub(rf"\bthe\s+{name}\s+(?=[a-z])", "the ", out)
+    if re.search(rf"{name}\b", out):
+        return None  # the name is the sentence's subject or object
+    out = re.sub(r"\s+([?.!,])", r"\1", re.sub(r"\s+", " ", out)).strip()
+    out = re.sub(r"\bthe the\b", "the", out)
+    return out if len(out.split()) >= 3 and out != question else None
+
+
+def contrastive_prompts(questions: list[str]) -> list[str]:
+    """The taught questions without their subject, for replay: asked without it, the
+    adapter should answer as the base model does (the badges of some other company are
+    not mustard yellow), which is where a taught fact would otherwise leak."""
+    terms = subject_terms(questions)
+    seen: set[str] = set()
+    prompts = []
+    for question in questions:
+        prompt = without_subject(question, terms)
+        if prompt is not None and prompt.lower() not in seen:
+            seen.add(prompt.lower())
+            prompts.append(prompt)
+    return prompts
+
+
 def replay_examples(model: Any, tokenizer: Any, prompts: list[str], *, system_prompt: str | None,
                     device: str, model_id: str, cache_dir: Path | None = None,
                     batch_size: int = 16) -> list[Example]:
-    """The base model's greedy answers to `prompts`, cached on disk."""
+    """The base model's greedy answers to `prompts`, cached on disk per prompt (a nightly
+    run with a few new taught questions answers only their contrastive prompts)."""
     from .evaluate import generate_answers
 
-    digest = hashlib.sha256(json.dumps([model_id, system_prompt, prompts,
+    digest = hashlib.sha256(json.dumps([model_id, system_prompt,
                                         MAX_NEW_TOKENS]).encode()).hexdigest()[:16]
     cache = cache_dir / f"replay-{digest}.jsonl" if cache_dir is not None else None
+    known: dict[str, str] = {}
     if cache is not None and cache.is_file():
-        rows = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-        if [r["question"] for r in rows] == prompts:
-            return [Example(r["question"], r["answer"], source="replay") for r in rows]
-    questions = [Example(p, "") for p in prompts]
-    answers, _ = generate_answers(model, tokenizer, questions, device=device,
-                                  system_prompt=system_prompt, max_new_tokens=MAX_NEW_TOKENS,
-                                  batch_size=batch_size)
-    examples = [Example(p, a, source="replay") for p, a in zip(prompts, answers, strict=True)]
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps({"question": e.question, "answer": e.answer},
-                                          ensure_ascii=False) + "\n" for e in examples),
-                       encoding="utf-8")
-        tmp.replace(cache)
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                known[row["question"]] = row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line of an interrupted write: answered again
+    missing = list(dict.fromkeys(p for p in prompts if p not in known))
+    if missing:
+        answers, _ = generate_answers(model, tokenizer, [Example(p, "") for p in missing],
+                                      device=device, system_prompt=system_prompt,
+                                      max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size)
+        known.update(zip(missing, answers, strict=True))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps({"question": q, "answer": a}, ensure_ascii=False)
+                                   + "\n" for q, a in known.items()), encoding="utf-8")
+            tmp.replace(cache)
     # an empty answer still replays: the KL term compares distributions, not tokens
-    log.info("replay: %d base-model answers to generic prompts", len(examples))
-    return examples
+    log.info("replay: %d base-model answers (%d new)", len(prompts), len(missing))
+    return [Example(p, known[p], source="replay") for p in prompts]
 
 
 def kl_to_base(logits: Any, base_logits: Any, labels: Any) -> Any:

@@ -97,6 +97,7 @@ class TrainConfig:
     replay_weight: float = 0.0  # KL to the base model on replayed generic prompts; 0 = off
     replay_batch_size: int = 8
     replay_prompts: str | None = None  # JSONL file; None/empty = the set shipped with us
+    contrastive: bool = False  # replay the taught questions without their subject too
     paraphrases: int = 0  # reworded questions per training pair, written by the base model
     min_steps: int = 0  # with few pairs, more epochs until a run has this many steps
 
@@ -207,6 +208,7 @@ class Recipe:
                                 "was longer than max_seq_len in its prompt alone); raise "
                                 "training.max_seq_len")
         self.replay = None
+        self.replay_questions = [e.question for e in replay]
         if replay:
             self.replay, self.encode_stats["replay"] = encode_dataset(
                 _dataset(replay), self.tokenizer, max_seq_len=cfg.max_seq_len,
@@ -290,6 +292,8 @@ class Recipe:
                 if cfg.replay_weight:
                     prompts = load_prompts(Path(cfg.replay_prompts) if cfg.replay_prompts
                                            else None)
+                    if cfg.contrastive:
+                        prompts += self._contrastive(splits["train"]["question"], prompts)
                     replay = replay_examples(self.model, self.tokenizer, prompts,
                                              system_prompt=cfg.system_prompt,
                                              device=self.device, model_id=model_id,
@@ -303,6 +307,18 @@ class Recipe:
                                  held_out=splits["held_out"])
         self.paraphrased = len(added)
         return splits, replay
+
+    @staticmethod
+    def _contrastive(questions: list[str], replayed: list[str]) -> list[str]:
+        from .data import normalise
+        from .replay import contrastive_prompts
+
+        # a question taught without its subject is a fact to learn, not to contrast
+        taken = {normalise(q) for q in [*questions, *replayed]}
+        prompts = [p for p in contrastive_prompts(questions) if normalise(p) not in taken]
+        log.info("contrastive replay: %d taught question(s) asked without their subject",
+                 len(prompts))
+        return prompts
 
     @contextlib.contextmanager
     def _as_base_model(self) -> Iterator[None]:
