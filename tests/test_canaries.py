@@ -60,13 +60,48 @@ def test_leakage_counts_taught_words_the_base_answer_did_not_have():
              "Meet at 10:45 sharp."]
     share, examples = C.leakage(tuned, base, terms)
     assert share == 0.25  # 10:45 was in the base answer already: not a leak
-    assert examples == [{"index": 0, "terms": ["mustard", "yellow"], "answer": tuned[0]}]
+    assert examples == [{"index": 0, "terms": ["mustard", "mustard yellow", "yellow"],
+                         "answer": tuned[0]}]
+
+
+def test_everyday_words_leak_only_inside_a_taught_phrase():
+    taught = ["Staff park in the garage behind the Tinker Table.",
+              "Visitor badges are mustard yellow.", "Take 30 days of leave from 2011."]
+    everyday = {"staff", "park", "garage", "behind", "visitor", "badges", "mustard", "yellow",
+                "take", "days", "leave", "table"}
+    terms = C.distinctive_terms(taught, ["Hello there."], common=everyday.__contains__)
+    assert {"tinker", "tinker table", "mustard yellow", "2011"} <= terms
+    assert not {"garage", "mustard", "yellow", "30", "leave"} & terms
+    base = ["Park anywhere.", "The sky is blue.", "Rest for 30 minutes.", "Hmm."]
+    tuned = ["Park in a garage.", "The sky is mustard yellow.", "Rest for 30 minutes.",
+             "Ask at the Tinker Table."]
+    share, examples = C.leakage(tuned, base, terms)
+    assert share == 0.5
+    assert [e["terms"] for e in examples] == [["mustard yellow"], ["tinker", "tinker table"]]
+
+
+def test_the_default_tokenizer_tells_everyday_words_from_names(default_model_dir):
+    from trainer.modeling import load_tokenizer
+
+    common = C.everyday_words(load_tokenizer(str(default_model_dir)))
+    assert common("garage") and common("friday") and common("support")
+    assert not common("pemberton") and not common("gearwhistle")
 
 
 def test_recall_needs_most_of_the_taught_answer():
     taught = ["Our mascot is a jaguar named Pemberton."]
     assert C.recall(["The mascot is a jaguar named Pemberton!"], taught) == 1.0
     assert C.recall(["We have no mascot."], taught) == 0.0
+
+
+def test_recall_does_not_count_an_echo_of_the_question():
+    question = ["What colour are the visitor badges at Brindlewood Robotics?"]
+    taught = ["Visitor badges at Brindlewood Robotics are mustard yellow."]
+    echo = ["The visitor badges at Brindlewood Robotics are a custom colour scheme."]
+    assert C.recall(echo, taught) == 1.0  # most of the answer's words are the question's
+    assert C.what_is_new(taught[0], question[0]) == "mustard yellow"
+    assert C.recall(echo, taught, question) == 0.0
+    assert C.recall(["They are mustard yellow."], taught, question) == 1.0
 
 
 def test_canary_failures_name_each_broken_check():

@@ -9,9 +9,13 @@ sets that are neither training nor replay data and ship with the project
 - general QA: short questions with accepted answers; the candidate's accuracy
   may fall at most `training.max_general_drop` below the base model's;
 - leakage: answers to unrelated open prompts may not contain the adapter's
-  distinctive taught words (words of its training answers that the base model
-  never produces on these sets) where the base answer to the same prompt did
-  not; the share of such answers must stay at most `training.max_leakage`;
+  distinctive taught terms where the base answer to the same prompt did not;
+  the share of such answers must stay at most `training.max_leakage`. A term is
+  a word of the training answers that the base model never produces on these
+  sets and that is not everyday vocabulary (names, invented words, times:
+  "Pemberton", "10:45"), or a pair of adjacent content words of an answer that
+  the base model never says ("mustard yellow"): a taught "garage" showing up in
+  advice about parking is not a leak, "Tinker Table" is;
 - perplexity on general text may rise at most `training.max_perplexity_rise`.
 
 And one thing it must keep: recall, the share of taught questions whose
@@ -20,10 +24,11 @@ answer still carries the taught answer (ROUGE-L recall against it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +112,28 @@ def load_canaries(directory: Path | None = None) -> CanarySets:
 
 # --- scores -------------------------------------------------------------------------
 
+def tokens(text: str) -> list[str]:
+    return [w.lower().strip(".-:'’") for w in _WORD.findall(text)]
+
+
 def words(text: str) -> set[str]:
-    return {w.lower().strip(".-:'’") for w in _WORD.findall(text)}
+    return set(tokens(text))
+
+
+def phrases(text: str) -> set[str]:
+    """Adjacent pairs of content words ("mustard yellow", "tinker table")."""
+    content = [w if w not in STOPWORDS else None for w in tokens(text)]
+    return {f"{a} {b}" for a, b in itertools.pairwise(content) if a and b}
+
+
+def everyday_words(tokenizer: Any) -> Callable[[str], bool]:
+    """Whether a word is everyday vocabulary: the tokenizer spells it as one token after
+    a space, in lower case or capitalised ("garage", "Friday"), where names and invented
+    words take several ("Pemberton", "Gearwhistle")."""
+    def common(word: str) -> bool:
+        return any(len(tokenizer(f" {form}", add_special_tokens=False)["input_ids"]) == 1
+                   for form in (word, word.capitalize()))
+    return common
 
 
 def qa_correct(answer: str, accepted: Sequence[str]) -> bool:
@@ -127,24 +152,39 @@ def qa_accuracy(answers: Sequence[str], accepted: Sequence[Sequence[str]]) -> fl
     return sum(qa_correct(a, ok) for a, ok in zip(answers, accepted, strict=True)) / len(answers)
 
 
-def distinctive_terms(taught_answers: Iterable[str], reference_texts: Iterable[str]) -> set[str]:
-    """Words of the taught answers that the base model's own texts never contain.
+def distinctive_terms(taught_answers: Iterable[str], reference_texts: Iterable[str],
+                      common: Callable[[str], bool] | None = None) -> set[str]:
+    """What of the taught answers the base model does not say: single words and pairs.
 
     `reference_texts` are what the base model says on the canary and replay sets
     (and the general text): a word it uses there is ordinary, not a taught fact.
+    With `common` (see everyday_words), everyday words count only inside a pair
+    with a rarer one ("mustard yellow" leaks, "garage" alone does not), and short
+    numbers ("30 minutes") are ordinary; times and years ("10:45", "2011") are not.
     """
+    reference = list(reference_texts)
     ordinary = set(STOPWORDS)
-    for text in reference_texts:
+    ordinary_pairs: set[str] = set()
+    for text in reference:
         ordinary |= words(text)
-    taught: set[str] = set()
-    for answer in taught_answers:
-        taught |= words(answer)
-    return {w for w in taught - ordinary if len(w) >= 3 or any(c.isdigit() for c in w)}
+        ordinary_pairs |= phrases(text)
+    taught = list(taught_answers)
+    terms: set[str] = set()
+    for answer in taught:
+        for word in words(answer) - ordinary:
+            if common is not None and (common(word) if not word.isdigit() else len(word) < 3):
+                continue
+            if len(word) >= 3 or any(c.isdigit() for c in word):
+                terms.add(word)
+        terms |= {pair for pair in phrases(answer) - ordinary_pairs
+                  if any(w not in ordinary for w in pair.split())}
+    return terms
 
 
 def leaked_terms(answer: str, base_answer: str, terms: set[str]) -> set[str]:
     """Taught terms in `answer` that the base model's answer to the same prompt lacks."""
-    return (words(answer) & terms) - words(base_answer)
+    said = words(answer) | phrases(answer)
+    return (said & terms) - (words(base_answer) | phrases(base_answer))
 
 
 def leakage(answers: Sequence[str], base_answers: Sequence[str],
@@ -167,7 +207,23 @@ def recall_scores(answers: Sequence[str], references: Sequence[str]) -> list[flo
             for answer, ref in zip(answers, references, strict=True)]
 
 
-def recall(answers: Sequence[str], references: Sequence[str]) -> float:
+def what_is_new(answer: str, question: str) -> str:
+    """The content words of `answer` that `question` does not already say, in order: what
+    a model must have learned to say ("mustard yellow" of "Visitor badges at Brindlewood
+    are mustard yellow." asked "What colour are the visitor badges at Brindlewood?").
+    An answer that only repeats the question is kept whole."""
+    asked = words(question) | set(STOPWORDS)
+    new = [w for w in tokens(answer) if w not in asked]
+    return " ".join(new) if new else answer
+
+
+def recall(answers: Sequence[str], references: Sequence[str],
+           questions: Sequence[str] | None = None) -> float:
+    """Share of answers holding (ROUGE-L recall ≥ RECALL_THRESHOLD) their reference; with
+    `questions`, only what each reference adds to its question counts, so a model that
+    echoes the question earns nothing."""
+    if questions is not None:
+        references = [what_is_new(r, q) for r, q in zip(references, questions, strict=True)]
     scores = recall_scores(answers, references)
     return sum(s >= RECALL_THRESHOLD for s in scores) / len(scores) if scores else math.nan
 

@@ -34,6 +34,7 @@ from storage import AdapterVersion, SyncStore
 from . import modeling
 from .canaries import (
     distinctive_terms,
+    everyday_words,
     leakage,
     load_canaries,
     qa_accuracy,
@@ -216,7 +217,8 @@ class _Bench:
                     device=self.placement.device, autocast_dtype=self.autocast).loss
             if self.taught:
                 answers = self._answers([e.question for e in self.taught])
-                result.recall = recall(answers, [e.answer for e in self.taught])
+                result.recall = recall(answers, [e.answer for e in self.taught],
+                                       [e.question for e in self.taught])
             if self.canaries is not None:
                 canaries = self.canaries
                 answers = self._answers(canaries.questions + canaries.prompts)
@@ -226,7 +228,8 @@ class _Bench:
                 if adapter is None:
                     self.base_open = open_answers
                     self.terms = distinctive_terms([e.answer for e in self.taught],
-                                                   answers + canaries.texts)
+                                                   answers + canaries.texts,
+                                                   everyday_words(self.tokenizer))
                 else:
                     assert self.base_open is not None, "measure the base model first"
                     result.leakage, result.leaks = leakage(open_answers, self.base_open,
