@@ -125,6 +125,9 @@ class Probe:
             "general_qa": C.qa_accuracy(qa, canaries.accepted),
             "leakage": len(leaks) / len(open_answers),
             "leaks": [a[:160] for a in leaks],
+            # every answer, for reading what was recalled and what leaked (--json)
+            "answers": {"taught": taught, "paraphrased": reworded, "general_qa": qa,
+                        "open": open_answers},
         }
         if self.gsm is not None:
             result["gsm8k_ppl"] = dataset_loss(self.model, self.gsm, self.collator, batch_size=8,
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variant or ["default"]:
         row = run_variant(name, VARIANTS[name] | extra, probe, args.cache_dir)
         rows.append(row)
-        print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'leaks'})}",
+        shown = {k: v for k, v in row.items() if k not in ("leaks", "answers")}
+        print(f"{name}: {json.dumps(shown)}",
               file=sys.stderr, flush=True)
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; "
           f"date {date.today()}; {len(probe.facts)} facts")
