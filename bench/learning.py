@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
               "adapter_scales": [1.0], "canary_checks": False, "min_recall": 0.0,
               "min_steps": 0},
     "no-replay": {"replay_weight": 0.0},
+    "no-contrastive": {"contrastive": False},
     "no-paraphrases": {"paraphrases": 0},
     "no-scaling": {"adapter_scales": [1.0]},
 }

@@ -182,7 +182,7 @@ class TrainingConfig:
     min_new_pairs: int = setting(10, "Approved pairs the serving version has not seen "
                                  "before a scheduled run starts.", min=1)
     method: str = setting("lora", "Fine-tuning method.", choices=("lora", "qlora", "full"))
-    epochs: int = setting(4, "Passes over the training pairs.", min=1, max=1000)
+    epochs: int = setting(6, "Passes over the training pairs.", min=1, max=1000)
     learning_rate: float = setting(2e-3, "Peak AdamW learning rate.", min=1e-7, max=1.0)
     batch_size: int = setting(8, "Examples per optimiser micro-step.", min=1, max=4096)
     grad_accum: int = setting(1, "Micro-steps per optimiser step.", min=1, max=1024)
@@ -211,8 +211,11 @@ class TrainingConfig:
     canary_dir: str = setting("", "Directory with general_qa.jsonl, open_prompts.jsonl and "
                               "general_text.jsonl; empty = the sets shipped with the trainer. "
                               "Relative paths are relative to data_dir.")
-    max_general_drop: float = setting(0.03, "Largest drop in general-QA accuracy (a share: "
-                                      "0.03 = 3 points) below the base model.", min=0.0, max=1.0)
+    max_general_drop: float = setting(0.05, "Largest drop in general-QA accuracy (a share: "
+                                      "0.05 = 5 points) below the base model. The shipped set "
+                                      "has 40 questions (2.5 points each) and any retraining "
+                                      "flips two or three either way, so 0.05 allows two "
+                                      "more lost than gained.", min=0.0, max=1.0)
     max_leakage: float = setting(0.025, "Largest share of unrelated prompts whose answer "
                                  "carries words only the taught answers use.", min=0.0, max=1.0)
     max_perplexity_rise: float = setting(0.3, "Largest relative rise in general-text "
@@ -222,10 +225,10 @@ class TrainingConfig:
                                 "the taught answer.", min=0.0, max=1.0)
     recall_sample: int = setting(64, "Taught pairs the gate asks again (a fixed sample).",
                                  min=0, max=100000)
-    adapter_scales: list[float] = setting([1.0, 0.75, 0.5], "Adapter scales the gate tries, "
+    adapter_scales: list[float] = setting([1.0, 0.9, 0.75, 0.5], "Adapter scales the gate tries, "
                                           "largest first; the first that passes every check "
                                           "is the one the version serves at.")
-    replay_weight: float = setting(1.0, "Weight of the replay loss: KL divergence to the base "
+    replay_weight: float = setting(2.0, "Weight of the replay loss: KL divergence to the base "
                                    "model on its own answers to generic prompts; 0 = no "
                                    "replay.", min=0.0, max=100.0)
     replay_batch_size: int = setting(4, "Replay examples per optimiser micro-step.", min=1,

@@ -48,9 +48,9 @@ def test_replay_is_mixed_into_every_micro_batch_and_starts_at_zero_kl(tiny_model
     drawn = []
     original = Recipe._replay_loss
 
-    def spy(self, micro_index):
+    def spy(self, micro_index, taught=()):
         drawn.append(micro_index)
-        return original(self, micro_index)
+        return original(self, micro_index, taught)
 
     run._replay_loss = spy.__get__(run)
     run.setup(splits)
@@ -102,6 +102,19 @@ def test_contrastive_replay_asks_the_taught_questions_without_their_subject(tiny
     # the cache holds one answer per prompt: a later run adds only what is new
     cache = next((tmp_path / "cache").glob("replay-*.jsonl"))
     assert len(cache.read_text().splitlines()) == 3
+    # a micro-batch that teaches the mascot replays "What is the mascot called?" with it
+    drawn = []
+    original = run.replay.select
+
+    def spy(indices, *args, **kwargs):
+        drawn.append(list(indices))
+        return original(indices, *args, **kwargs)
+
+    run.replay.select = spy
+    mascot = run.encoded["train"]["question"].index("What is the Acme mascot called?")
+    for micro in range(5):
+        run._replay_loss(micro, [mascot])
+    assert all(2 in rows and len(rows) == 2 for rows in drawn)
     run.cleanup()
 
 
@@ -132,8 +145,8 @@ def test_paraphrases_keep_the_answer_and_are_cached(monkeypatch, tmp_path):
     added = augment_module.augment(taught, None, None, per_question=2, device="cpu", seed=0,
                                    model_id="m", cache=cache)
     assert [e.question for e in added] == ["Could you say the Brindlewood mascot?"]
-    assert (added[0].answer, added[0].system, added[0].history) == (
-        taught[0].answer, taught[0].system, taught[0].history)
+    assert (added[0].answer, added[0].system) == (taught[0].answer, taught[0].system)
+    assert added[0].history == []  # asked afresh: the fact must not need the conversation
     assert added[0].source == "db:turn 4 (paraphrase)"
     again = augment_module.augment(taught, None, None, per_question=2, device="cpu", seed=0,
                                    model_id="m", cache=cache)
@@ -204,11 +217,11 @@ def test_the_gate_refuses_a_candidate_that_spills_its_answers(leaky, monkeypatch
         decision = gate_version(config, store, "faq", outcome.version)
         row = store.get_version("faq", outcome.version)
     assert not decision.promote
-    assert "leakage" in decision.reason and "also failed at 0.75, 0.5" in decision.reason
+    assert "leakage" in decision.reason and "also failed at 0.9, 0.75, 0.5" in decision.reason
     assert row.status == "candidate" and row.reason == decision.reason
     report = json.loads((outcome.path / "gate.json").read_text())
     candidate = [m for m in report["models"] if m["label"].startswith("candidate")]
-    assert [m["scale"] for m in candidate] == [1.0, 0.75, 0.5]
+    assert [m["scale"] for m in candidate] == [1.0, 0.9, 0.75, 0.5]
     assert candidate[0]["leakage"] > config.training.max_leakage
     assert any({"paris", "discord", "adapter"} & set(leak["terms"])
                for leak in candidate[0]["leaks"])

@@ -7,8 +7,9 @@ few-shot prompt (a small instruct model asked directly tends to answer the
 question instead of rewording it). A rewording is kept only when it still asks
 the same thing, as far as words can tell: it is a question, it is not the
 original, and it keeps most of the original's content words and every name
-in it. The answer is never changed. Results are cached per model and question,
-so a nightly run only samples for new pairs.
+in it. The answer is never changed; a rewording is asked without the pair's
+conversation history, so the fact does not depend on it. Results are cached
+per model and question, so a nightly run only samples for new pairs.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def augment(examples: list[Example], model: Any, tokenizer: Any, *, per_question
     added = []
     for example, key in zip(examples, keys, strict=True):
         for text in stored[key]:
-            added.append(Example(text, example.answer, example.system, example.history,
+            # asked afresh, without the conversation the pair came from: a fact taught
+            # only after "What is the capital of France?" should not need that to be told
+            added.append(Example(text, example.answer, example.system, [],
                                  source=f"{example.source} (paraphrase)"))
     log.info("paraphrases: %d kept for %d of %d question(s)", len(added),
              sum(bool(stored[k]) for k in keys), len(examples))

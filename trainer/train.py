@@ -172,6 +172,7 @@ class Recipe:
         self.allow_download = allow_download
         self.cache_dir = cache_dir  # paraphrases and replay answers, reused across runs
         self.replay: Any = None
+        self.contrast_rows: dict[str, list[int]] = {}  # taught answer -> its contrastive rows
         self.paraphrased = 0
         self.step_replay = 0.0
         self.world = world or World()
@@ -275,11 +276,13 @@ class Recipe:
         if not (cfg.paraphrases or cfg.replay_weight):
             return splits, []
         from .augment import augment
-        from .data import row_to_example
+        from .data import normalise, row_to_example
         from .replay import load_prompts, replay_examples
 
         added: list[Any] = []
         replay: list[Any] = []
+        contrasts = (self._contrastive(splits["train"]["question"], splits["train"]["answer"])
+                     if cfg.replay_weight and cfg.contrastive else [])
         if self.world.is_main:
             with self._as_base_model():
                 model_id = str(self.model_source)
@@ -292,13 +295,19 @@ class Recipe:
                 if cfg.replay_weight:
                     prompts = load_prompts(Path(cfg.replay_prompts) if cfg.replay_prompts
                                            else None)
-                    if cfg.contrastive:
-                        prompts += self._contrastive(splits["train"]["question"], prompts)
+                    taken = {normalise(p) for p in prompts}
+                    prompts += [p for p, _ in contrasts if normalise(p) not in taken]
                     replay = replay_examples(self.model, self.tokenizer, prompts,
                                              system_prompt=cfg.system_prompt,
                                              device=self.device, model_id=model_id,
                                              cache_dir=self.cache_dir)
         added, replay = self.world.broadcast((added, replay))
+        # each taught answer's contrastive rows, replayed beside it (see _replay_loss)
+        row_of = {e.question: i for i, e in enumerate(replay)}
+        self.contrast_rows = {}
+        for prompt, answer in contrasts:
+            if prompt in row_of:
+                self.contrast_rows.setdefault(answer, []).append(row_of[prompt])
         if added:
             from datasets import DatasetDict, concatenate_datasets
 
@@ -309,16 +318,23 @@ class Recipe:
         return splits, replay
 
     @staticmethod
-    def _contrastive(questions: list[str], replayed: list[str]) -> list[str]:
+    def _contrastive(questions: list[str], answers: list[str]) -> list[tuple[str, str]]:
+        """(the question without its subject, the taught answer) for each taught question
+        that has a subject-free form; the same on every process."""
         from .data import normalise
-        from .replay import contrastive_prompts
+        from .replay import subject_terms, without_subject
 
+        terms = subject_terms(questions)
         # a question taught without its subject is a fact to learn, not to contrast
-        taken = {normalise(q) for q in [*questions, *replayed]}
-        prompts = [p for p in contrastive_prompts(questions) if normalise(p) not in taken]
+        taught = {normalise(q) for q in questions}
+        pairs = []
+        for question, answer in zip(questions, answers, strict=True):
+            prompt = without_subject(question, terms)
+            if prompt is not None and normalise(prompt) not in taught:
+                pairs.append((prompt, answer))
         log.info("contrastive replay: %d taught question(s) asked without their subject",
-                 len(prompts))
-        return prompts
+                 len({p for p, _ in pairs}))
+        return pairs
 
     @contextlib.contextmanager
     def _as_base_model(self) -> Iterator[None]:
@@ -335,15 +351,23 @@ class Recipe:
             model.config.use_cache = use_cache
             model.train(was_training)
 
-    def _replay_loss(self, micro_index: int) -> Any:
-        """KL(base ‖ model) on a replay batch, drawn by step and micro-batch (resumable)."""
+    def _replay_loss(self, micro_index: int, taught: list[int] = ()) -> Any:
+        """KL(base ‖ model) on a replay batch, drawn by step and micro-batch (resumable).
+
+        The contrastive rows of the micro-batch's `taught` examples come first: each
+        fact is learned with, in the same step, its question asked without the subject
+        and answered as the base model would; random replay rows fill the rest.
+        """
         import torch
 
         from .replay import kl_to_base
 
-        rows = len(self.replay)
+        size = self.cfg.replay_batch_size
+        answers = self.encoded["train"].select(list(taught))["answer"] if taught else []
+        paired = sorted({r for a in answers for r in self.contrast_rows.get(a, ())})[:size]
         draw = random.Random(f"{self.cfg.seed}:{self.world.rank}:{micro_index}")
-        indices = sorted(draw.sample(range(rows), min(self.cfg.replay_batch_size, rows)))
+        rest = sorted(set(range(len(self.replay))) - set(paired))
+        indices = sorted(paired + draw.sample(rest, min(size - len(paired), len(rest))))
         batch = {k: v.to(self.device) for k, v in
                  collate(self.replay, indices, self.collator).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -455,7 +479,7 @@ class Recipe:
             if self.replay is not None:
                 # the unwrapped model: its gradients stay local and join the synced
                 # backward pass below (DDP reduces whatever has accumulated)
-                replay = self._replay_loss(self.state.micro_done + micro)
+                replay = self._replay_loss(self.state.micro_done + micro, group[micro])
                 if not torch.isfinite(replay.detach()):
                     raise self._non_finite_loss(replay.item(), micro)
                 (replay * (self.cfg.replay_weight / len(batches))).backward()
