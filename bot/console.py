@@ -260,6 +260,11 @@ class ConsoleChat:
         self.say(outcome.summary())
         if outcome.report_table():
             self.say(outcome.report_table())
+        if outcome.promoted and self.history:
+            # the earlier turns were answered by another model; carried along, a new
+            # version copies their answers (measured: the old wrong answer, repeated)
+            self.history = []
+            self.say("(conversation restarted: the new version answers from a fresh start)")
 
     async def help(self, args: list[str]) -> None:
         self.say(HELP)

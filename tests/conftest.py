@@ -39,17 +39,6 @@ def fast_training_env() -> dict[str, str]:
     return {f"BOT_TRAINING_{k.upper()}": _toml_value(v) for k, v in FAST_TRAINING.items()}
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    """An engine sets torch's thread count for the whole process (engine.cpu_threads);
-    the next test gets the count it started with."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 async def db(tmp_path):
     """A real SQLite file in a temporary directory, migrated and open."""

@@ -109,3 +109,33 @@ def test_piped_chat_command_stores_turn_and_vote(tiny_model_dir, tmp_path):
         assert conn.execute("SELECT source, question FROM turns").fetchall() == [
             ("console", "Hi")]
         assert conn.execute("SELECT user_id, value FROM feedback").fetchall() == [(0, 1)]
+
+
+@pytest.mark.timeout(300)
+async def test_console_train_hot_reloads_and_restarts_the_conversation(make_config,
+                                                                       tiny_model_dir):
+    from tests.conftest import fast_training_toml
+
+    config = make_config(f'[model]\nname = "{tiny_model_dir.as_posix()}"\n'
+                         "[engine]\nmax_new_tokens = 8\n[training]\nepochs = 1\n"
+                         + fast_training_toml(),
+                         BOT_TRAINING_RECALL_SAMPLE="4")  # the gate asks the taught pair
+    async with Database(config.database_path) as db:
+        engine = Engine(config, Router(config, db))
+        await engine.start()
+        try:
+            out = io.StringIO()
+            script = ("/adapter create faq\n/adapter use faq\nWhat is two plus two?\n/good\n"
+                      "/review\n/review approve\n/train\nWhat is two plus two?\n")
+            chat = ConsoleChat(config, engine, db, stdin=io.StringIO(script), stdout=out)
+            assert await chat.run() == 0
+        finally:
+            await engine.close()
+        out = out.getvalue()
+        assert "faq v1 trained" in out and "promoted" in out
+        # the old turns came from the base model: the new version starts afresh
+        assert "(conversation restarted" in out
+        assert out.index("(conversation restarted") < out.index("(answered by faq v1)")
+        after = await db.get_turn(2)
+        assert (after.adapter_name, after.adapter_version) == ("faq", 1)
+        assert after.context == []

@@ -362,8 +362,10 @@ async def test_event_loop_stays_responsive_while_generating(engine_factory):
     assert max(lags) < 0.5, f"max lag {max(lags):.3f}s, median {statistics.median(lags):.4f}s"
 
 
-async def test_engine_takes_its_cpu_thread_count_from_the_config(engine_factory):
+async def test_engine_takes_its_cpu_thread_count_from_the_config(engine_factory,
+                                                                 monkeypatch):
     import os
+    import threading
 
     import torch
 
@@ -372,6 +374,14 @@ async def test_engine_takes_its_cpu_thread_count_from_the_config(engine_factory)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert cpu_threads(0) == max(1, cores - 1)  # a core stays free for the event loop
     assert cpu_threads(3) == 3
-    engine = await engine_factory(cpu_threads=1)
-    assert torch.get_num_threads() == 1
-    assert await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=Route()))
+    calls = []
+    original = torch.set_num_threads
+
+    def record(n):
+        calls.append((n, threading.current_thread().name))
+        original(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", record)
+    await engine_factory(cpu_threads=1)
+    # set in the worker thread, which runs every forward pass (torch's count is per thread)
+    assert calls == [(1, "engine")]
