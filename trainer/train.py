@@ -364,6 +364,8 @@ class Recipe:
 
         size = self.cfg.replay_batch_size
         answers = self.encoded["train"].select(list(taught))["answer"] if taught else []
+        # at most `size` of them, the first in row order (the measured defaults do this;
+        # a seeded sample would spread them more evenly over a batch's facts)
         paired = sorted({r for a in answers for r in self.contrast_rows.get(a, ())})[:size]
         draw = random.Random(f"{self.cfg.seed}:{self.world.rank}:{micro_index}")
         rest = sorted(set(range(len(self.replay))) - set(paired))
