@@ -69,16 +69,18 @@ def test_replay_is_mixed_into_every_micro_batch_and_starts_at_zero_kl(tiny_model
 
 
 def test_contrastive_prompts_take_the_subject_out_or_give_up():
-    from trainer.replay import contrastive_prompts
+    from trainer.replay import contrastive_pairs
 
     questions = ["What colour are the visitor badges at Acme Robotics?",
                  "What soup does the Acme cafeteria serve?", "Who is Acme's mascot?",
                  "Who founded Acme?", "When is the Acme all-hands meeting?"]
-    assert contrastive_prompts(questions) == [
-        "What colour are the visitor badges?", "What soup does the cafeteria serve?",
-        "Who is the mascot?", "When is the all-hands meeting?"]
+    answers = [f"answer {i}" for i in range(len(questions))]
+    assert contrastive_pairs(questions, answers) == [
+        ("What colour are the visitor badges?", "answer 0"),
+        ("What soup does the cafeteria serve?", "answer 1"), ("Who is the mascot?", "answer 2"),
+        ("When is the all-hands meeting?", "answer 4")]
     # no recurring name: nothing to take out
-    assert contrastive_prompts(["What is two plus two?", "Why is the sky blue?"]) == []
+    assert contrastive_pairs(["What is two plus two?", "Why is the sky blue?"], ["4", "?"]) == []
 
 
 def test_contrastive_replay_asks_the_taught_questions_without_their_subject(tiny_model_dir,
@@ -95,10 +97,9 @@ def test_contrastive_replay_asks_the_taught_questions_without_their_subject(tiny
     splits, _ = build_splits(taught, salt="t", held_out_fraction=0, validation_fraction=0,
                              seed=0)
     run.setup(splits)
-    assert run.replay_questions == ["Tell me about the number one.",
-                                    "Tell me about the number two.",
-                                    "What is the mascot called?"]
-    assert len(run.replay) == 3
+    assert run.replay["question"] == ["Tell me about the number one.",
+                                      "Tell me about the number two.",
+                                      "What is the mascot called?"]
     # the cache holds one answer per prompt: a later run adds only what is new
     cache = next((tmp_path / "cache").glob("replay-*.jsonl"))
     assert len(cache.read_text().splitlines()) == 3

@@ -87,19 +87,22 @@ def without_subject(question: str, terms: set[str]) -> str | None:
     return out if len(out.split()) >= 3 and out != question else None
 
 
-def contrastive_prompts(questions: list[str]) -> list[str]:
-    """The taught questions without their subject, for replay: asked without it, the
-    adapter should answer as the base model does (the badges of some other company are
-    not mustard yellow), which is where a taught fact would otherwise leak."""
+def contrastive_pairs(questions: list[str], answers: list[str]) -> list[tuple[str, str]]:
+    """(the question without its subject, the taught answer) for each taught question that
+    has a subject-free form, for replay: asked without the subject, the adapter should
+    answer as the base model does (the badges of some other company are not mustard
+    yellow), which is where a taught fact would otherwise leak. A question taught without
+    the subject is a fact to learn, so it is never a contrast."""
+    from .data import normalise
+
     terms = subject_terms(questions)
-    seen: set[str] = set()
-    prompts = []
-    for question in questions:
+    taught = {normalise(q) for q in questions}
+    pairs = []
+    for question, answer in zip(questions, answers, strict=True):
         prompt = without_subject(question, terms)
-        if prompt is not None and prompt.lower() not in seen:
-            seen.add(prompt.lower())
-            prompts.append(prompt)
-    return prompts
+        if prompt is not None and normalise(prompt) not in taught:
+            pairs.append((prompt, answer))
+    return pairs
 
 
 def replay_examples(model: Any, tokenizer: Any, prompts: list[str], *, system_prompt: str | None,

@@ -209,7 +209,6 @@ class Recipe:
                                 "was longer than max_seq_len in its prompt alone); raise "
                                 "training.max_seq_len")
         self.replay = None
-        self.replay_questions = [e.question for e in replay]
         if replay:
             self.replay, self.encode_stats["replay"] = encode_dataset(
                 _dataset(replay), self.tokenizer, max_seq_len=cfg.max_seq_len,
@@ -319,19 +318,10 @@ class Recipe:
 
     @staticmethod
     def _contrastive(questions: list[str], answers: list[str]) -> list[tuple[str, str]]:
-        """(the question without its subject, the taught answer) for each taught question
-        that has a subject-free form; the same on every process."""
-        from .data import normalise
-        from .replay import subject_terms, without_subject
+        """The contrastive replay pairs; the same on every process."""
+        from .replay import contrastive_pairs
 
-        terms = subject_terms(questions)
-        # a question taught without its subject is a fact to learn, not to contrast
-        taught = {normalise(q) for q in questions}
-        pairs = []
-        for question, answer in zip(questions, answers, strict=True):
-            prompt = without_subject(question, terms)
-            if prompt is not None and normalise(prompt) not in taught:
-                pairs.append((prompt, answer))
+        pairs = contrastive_pairs(questions, answers)
         log.info("contrastive replay: %d taught question(s) asked without their subject",
                  len({p for p, _ in pairs}))
         return pairs
