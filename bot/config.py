@@ -156,7 +156,8 @@ class DiscordConfig:
                                                     check="channel_keys")
     reply_chain_depth: int = setting(8, "How many replied-to messages make the context.",
                                      min=0, max=100)
-    history_turns: int = setting(6, "Recent channel messages added to the context.",
+    history_turns: int = setting(6, "Recent answered turns of the channel added to the "
+                                 "context (those of the version serving now).",
                                  min=0, max=100)
     user_cooldown_s: float = setting(3.0, "Minimum seconds between two questions of a user.",
                                      min=0.0, max=3600.0)

@@ -97,10 +97,15 @@ class ConsoleChat:
             self.say(f"error: {exc}")
 
     async def ask(self, question: str) -> str:
+        router = getattr(self.engine, "router", None)
+        route = await router.current(CONSOLE_CHANNEL_ID) if router is not None else None
+        if route is not None and self.history and (route.adapter, route.version) != self.served:
+            self.restart()  # promoted overnight, or another adapter chosen
         messages = [*self.history[-2 * self.config.discord.history_turns:],
                     {"role": "user", "content": question}]
         request = GenerationRequest(channel_id=CONSOLE_CHANNEL_ID, messages=messages,
-                                    sampling=Sampling.from_config(self.config.engine))
+                                    sampling=Sampling.from_config(self.config.engine),
+                                    route=route)
         if self.interactive:
             self.say("bot> ", end="")
         try:
@@ -261,10 +266,13 @@ class ConsoleChat:
         if outcome.report_table():
             self.say(outcome.report_table())
         if outcome.promoted and self.history:
-            # the earlier turns were answered by another model; carried along, a new
-            # version copies their answers (measured: the old wrong answer, repeated)
-            self.history = []
-            self.say("(conversation restarted: the new version answers from a fresh start)")
+            self.restart()
+
+    def restart(self) -> None:
+        # the earlier turns were answered by another model; carried along, a new
+        # version copies their answers (measured: the old wrong answer, repeated)
+        self.history = []
+        self.say("(conversation restarted: the new version answers from a fresh start)")
 
     async def help(self, args: list[str]) -> None:
         self.say(HELP)

@@ -53,7 +53,7 @@ class GenerationRequest:
     messages: Sequence[Message]
     sampling: Sampling = field(default_factory=Sampling)
     guild_id: int | None = None
-    route: Route | None = None  # set to bypass channel routing (promotion, bench, API)
+    route: Route | None = None  # already resolved (chat, console), or chosen (bench, API)
 
 
 def trim_messages(messages: Sequence[Message], budget: int,

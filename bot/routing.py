@@ -7,12 +7,15 @@ channel's entry in config, else the adapter's own, else the model default.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage import BASE_ADAPTER, AdapterVersion, Database
 
 from .config import Config
+
+log = logging.getLogger(__name__)
 
 
 class AdapterPathError(ValueError):
@@ -74,6 +77,15 @@ class Router:
             return Route(adapter=adapter, system_prompt=prompt)
         path = confined_adapter_path(self.config.adapters_dir, version.path)
         return Route(adapter, version.version, path, version.scale, prompt)
+
+    async def current(self, channel_id: int, guild_id: int | None = None) -> Route | None:
+        """`resolve`, or None when it fails (logged): the engine, resolving again, then
+        fails with the reason and the user gets the apology."""
+        try:
+            return await self.resolve(channel_id, guild_id)
+        except Exception as exc:
+            log.warning("could not resolve the adapter of channel %d: %s", channel_id, exc)
+            return None
 
     def system_prompt_for(self, channel_id: int | None, adapter_prompt: str | None) -> str:
         if channel_id is not None:

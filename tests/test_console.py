@@ -92,6 +92,10 @@ async def test_adapters_from_the_console(console, tiny_model_dir, tiny_config):
     versions = [(t.adapter_name, t.adapter_version) for t in
                 [await db.get_turn(2), await db.get_turn(3)]]
     assert versions == [("faq", 2), ("faq", 1)]
+    # v2's answer is not fed to v1: a version change (a rollback here, a nightly promotion
+    # alike) restarts the conversation before the next question
+    assert out.index("(conversation restarted") < out.index("(answered by faq v1)")
+    assert (await db.get_turn(3)).context == []
 
 
 def test_piped_chat_command_stores_turn_and_vote(tiny_model_dir, tmp_path):

@@ -285,6 +285,29 @@ async def test_admin_commands_are_refused_to_non_admins(world):
     assert (await s.db.stats())["runs"] == 0
 
 
+async def test_a_new_version_does_not_read_the_old_versions_answers(world):
+    s = await world()
+    _, first = await ask(s, "When is the all-hands meeting?")
+    _, second = await ask(s, "And where is it?")
+    turn = await s.db.turn_for_answer_message(second.id)
+    assert [m["role"] for m in turn.context] == ["user", "assistant"]
+    assert turn.context[0]["content"] == "When is the all-hands meeting?"
+    await s.engine.promote("faq", 2)  # the nightly run's version takes over
+    _, fresh = await ask(s, "When is the all-hands meeting?")
+    turn = await s.db.turn_for_answer_message(fresh.id)
+    # v1's answers (which v2 was perhaps trained to correct) are not fed to v2
+    assert (turn.adapter_name, turn.adapter_version) == ("faq", 2) and turn.context == []
+    _, later = await ask(s, "Thanks, and where?")
+    turn = await s.db.turn_for_answer_message(later.id)
+    assert [m["content"] for m in turn.context][0] == "When is the all-hands meeting?"
+    assert len(turn.context) == 2  # v2's own turn only
+    # a reply to an old answer still carries it: the user pointed at it
+    _, replied = await ask(s, "Is that still right?", reply_to=first.id)
+    turn = await s.db.turn_for_answer_message(replied.id)
+    assert turn.context[-1] == {"role": "assistant", "content": first.content}
+    assert "And where is it?" not in [m["content"] for m in turn.context]
+
+
 async def test_adapter_use_changes_the_version_the_next_answer_records(world):
     s = await world()
     _, before = await ask(s, "which adapter?")

@@ -16,6 +16,7 @@ import discord
 from discord.ext import commands
 
 from ..engine import EngineError, Generation, GenerationRequest, GenerationTimeout, Sampling
+from ..routing import Route
 from ..text import (
     CURSOR,
     DISCORD_LIMIT,
@@ -193,7 +194,15 @@ class Chat(commands.Cog):
             current = parent
         return list(reversed(chain))
 
-    async def build_context(self, message: discord.Message) -> list[dict[str, str]]:
+    async def build_context(self, message: discord.Message,
+                            route: Route | None = None) -> list[dict[str, str]]:
+        """Recent answered turns of the channel, then the reply chain, oldest first.
+
+        Recent turns answered by another adapter or version than `route` are left out:
+        after a promotion a new version fed the old version's answers copies them (a
+        wrong answer it was just taught to correct, repeated). A reply to such an
+        answer still carries it: the user pointed at it.
+        """
         chain = await self.reply_chain(message)
         chain_ids = {m.id for m in chain}
         context: list[dict[str, str]] = []
@@ -201,6 +210,9 @@ class Chat(commands.Cog):
                                                self.config.discord.history_turns):
             if turn.answer_message_id in chain_ids or turn.question_message_id in chain_ids:
                 continue  # the chain below carries it
+            if route is not None and (turn.adapter_name, turn.adapter_version) != (
+                    route.adapter, route.version):
+                continue
             context += [{"role": "user", "content": self.plain(turn.question)},
                         {"role": "assistant", "content": self.plain(turn.answer)}]
         for parent in chain:
@@ -212,11 +224,13 @@ class Chat(commands.Cog):
 
     # --- answering ---------------------------------------------------------------------
     async def answer(self, message: discord.Message, question: str) -> None:
-        context = await self.build_context(message)
+        route = await self.bot.router.current(message.channel.id,
+                                              message.guild.id if message.guild else None)
+        context = await self.build_context(message, route)
         request = GenerationRequest(
             channel_id=message.channel.id, guild_id=message.guild.id if message.guild else None,
             messages=[*context, {"role": "user", "content": question}],
-            sampling=Sampling.from_config(self.config.engine))
+            sampling=Sampling.from_config(self.config.engine), route=route)
         answer = AnswerMessages(message, self.config.discord.stream_edit_interval_s)
         generation: Generation | None = None
         problem = ""
