@@ -226,6 +226,8 @@ def test_the_gate_refuses_a_candidate_that_spills_its_answers(leaky, monkeypatch
     assert candidate[0]["leakage"] > config.training.max_leakage
     assert any({"paris", "discord", "adapter"} & set(leak["terms"])
                for leak in candidate[0]["leaks"])
+    # read in the general questions' answers too (they come first: 4 questions, 10 prompts)
+    assert {leak["index"] < 4 for leak in candidate[0]["leaks"]} == {True, False}
     base = report["models"][0]
     assert base["label"] == "base model" and math.isfinite(base["text_perplexity"])
     # the served adapter is untouched: nothing was scaled

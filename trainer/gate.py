@@ -170,7 +170,7 @@ class _Bench:
         self.canaries = None
         if config.training.canary_checks:
             self.canaries = load_canaries(_canary_dir(config))
-        self.base_open: list[str] | None = None
+        self.base_answers: list[str] | None = None
         self.terms: set[str] = set()
         self.source = source
 
@@ -221,18 +221,19 @@ class _Bench:
                                        [e.question for e in self.taught])
             if self.canaries is not None:
                 canaries = self.canaries
+                # leakage is read in every canary answer: a fact spilled into "What colour
+                # is the sky?" is a leak even when other questions turn right
                 answers = self._answers(canaries.questions + canaries.prompts)
-                qa, open_answers = answers[:len(canaries.questions)], \
-                    answers[len(canaries.questions):]
-                result.general = qa_accuracy(qa, canaries.accepted)
+                result.general = qa_accuracy(answers[:len(canaries.questions)],
+                                             canaries.accepted)
                 if adapter is None:
-                    self.base_open = open_answers
+                    self.base_answers = answers
                     self.terms = distinctive_terms([e.answer for e in self.taught],
                                                    answers + canaries.texts,
                                                    everyday_words(self.tokenizer))
                 else:
-                    assert self.base_open is not None, "measure the base model first"
-                    result.leakage, result.leaks = leakage(open_answers, self.base_open,
+                    assert self.base_answers is not None, "measure the base model first"
+                    result.leakage, result.leaks = leakage(answers, self.base_answers,
                                                            self.terms)
                 result.text_perplexity = text_perplexity(
                     model, self.tokenizer, canaries.texts, device=self.placement.device,
