@@ -11,7 +11,9 @@ with its canaries chooses the adapter scale), then the served version is asked:
 
 - taught: the trained questions; an answer counts when it holds every keyword
   of the fact;
-- paraphrased: the held-out rewordings, same rule;
+- paraphrased: the held-out rewordings, same rule (--variant also-asked trains
+  on each fact's first rewording, as a reviewer's "also asked", and measures
+  the second; `paraphrased_last` in --json is the second alone for every row);
 - general QA: trainer/canaries/general_qa.jsonl (the gate's own set);
 - leakage: share of answers to trainer/canaries/open_prompts.jsonl holding any
   fact's keyword;
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bot.config import load_config  # noqa: E402
 from trainer import canaries as C  # noqa: E402
 from trainer import modeling  # noqa: E402
-from trainer.data import Example, write_jsonl  # noqa: E402
+from trainer.data import Example, examples_dataset, write_jsonl  # noqa: E402
 from trainer.evaluate import generate_answers  # noqa: E402
 from trainer.metrics import dataset_loss  # noqa: E402
 
@@ -61,6 +63,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-contrastive": {"contrastive": False},
     "no-paraphrases": {"paraphrases": 0},
     "no-scaling": {"adapter_scales": [1.0]},
+    # a reviewer wrote one other way to ask each question ("also_asked" in the data):
+    # the first held-out rewording is trained on, the second is measured
+    "also-asked": {"also_asked": 1},
 }
 
 
@@ -73,7 +78,6 @@ class Probe:
     """The measurements, on one loaded base model with adapters switched in and out."""
 
     def __init__(self, config: Any, gsm8k: int):
-        from datasets import Dataset
 
         from trainer.formatting import encode_dataset, make_collator
 
@@ -89,9 +93,8 @@ class Probe:
         self.canaries = C.load_canaries()
         self.gsm = None
         if GSM8K_TEST.is_file() and gsm8k > 0:
-            rows = [Example(r["question"], r["answer"]).to_row()
-                    for r in read_jsonl(GSM8K_TEST)[:gsm8k]]
-            dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in rows[0]})
+            dataset = examples_dataset([Example(r["question"], r["answer"])
+                                        for r in read_jsonl(GSM8K_TEST)[:gsm8k]])
             self.gsm, _ = encode_dataset(dataset, self.tokenizer, max_seq_len=1024,
                                          default_system=self.system, name="gsm8k")
 
@@ -101,12 +104,14 @@ class Probe:
                                 device=self.placement.device, system_prompt=self.system,
                                 max_new_tokens=48, batch_size=16)[0]
 
-    def measure(self) -> dict[str, Any]:
+    def measure(self, taught_rewordings: int = 0) -> dict[str, Any]:
+        """The figures; the first `taught_rewordings` rewordings of each fact were trained on."""
         facts, canaries = self.facts, self.canaries
         questions = [f["question"] for f in facts]
-        paraphrases = [(p, f["keywords"]) for f in facts for p in f["paraphrases"]]
+        paraphrases = [(p, f["keywords"], j == len(f["paraphrases"]) - 1) for f in facts
+                       for j, p in enumerate(f["paraphrases"]) if j >= taught_rewordings]
         every_keyword = [k.lower() for f in facts for k in f["keywords"]]
-        asked = questions + [p for p, _ in paraphrases] + canaries.questions + canaries.prompts
+        asked = questions + [p for p, _, _ in paraphrases] + canaries.questions + canaries.prompts
         got = self.answers(asked)
         taught = got[:len(questions)]
         reworded = got[len(questions):len(questions) + len(paraphrases)]
@@ -121,8 +126,12 @@ class Probe:
             "taught": sum(recalled(a, f["keywords"])
                           for a, f in zip(taught, facts, strict=True)) / len(facts),
             "paraphrased": sum(recalled(a, k)
-                               for a, (_, k) in zip(reworded, paraphrases, strict=True))
+                               for a, (_, k, _) in zip(reworded, paraphrases, strict=True))
             / len(paraphrases),
+            # each fact's last rewording alone: comparable with a --variant also-asked row
+            "paraphrased_last": sum(recalled(a, k) for a, (_, k, last)
+                                    in zip(reworded, paraphrases, strict=True) if last)
+            / len(facts),
             "general_qa": C.qa_accuracy(qa, canaries.accepted),
             "leakage": len(leaks) / len(open_answers),
             "leaks": [a[:160] for a in leaks],
@@ -135,7 +144,7 @@ class Probe:
                                                device=self.placement.device).perplexity
         return result
 
-    def with_adapter(self, directory: Path) -> dict[str, Any]:
+    def with_adapter(self, directory: Path, taught_rewordings: int = 0) -> dict[str, Any]:
         from peft import PeftModel
 
         name = f"v{len(getattr(self.model, 'peft_config', {}))}"
@@ -145,7 +154,7 @@ class Probe:
             self.model = PeftModel.from_pretrained(self.model, str(directory), adapter_name=name)
         self.model.set_adapter(name)
         self.model.eval()
-        return self.measure()
+        return self.measure(taught_rewordings)
 
     def base(self) -> dict[str, Any]:
         from peft import PeftModel
@@ -167,8 +176,9 @@ def run_variant(name: str, overrides: dict[str, Any], probe: Probe,
             (tmp_path / "data").mkdir()
             (tmp_path / "data" / "cache").symlink_to(cache.resolve())
         data = tmp_path / "facts.jsonl"
-        write_jsonl([{"question": f["question"], "answer": f["answer"]} for f in probe.facts],
-                    data)
+        also = int(overrides.get("also_asked", 0))
+        write_jsonl([{"question": f["question"], "answer": f["answer"],
+                      "also_asked": f["paraphrases"][:also]} for f in probe.facts], data)
         config_file = tmp_path / "bot.toml"
         config_file.write_text(f'[storage]\ndata_dir = "{(tmp_path / "data").as_posix()}"\n'
                                f'[model]\ncache_dir = "{probe.config.model_cache_dir.as_posix()}"'
@@ -184,7 +194,7 @@ def run_variant(name: str, overrides: dict[str, Any], probe: Probe,
                                progress=sys.stderr.isatty())
         seconds = time.perf_counter() - started
         gate = outcome.gate or {}
-        result = probe.with_adapter(outcome.path)
+        result = probe.with_adapter(outcome.path, also)
         result |= {"variant": name, "overrides": overrides, "train_seconds": round(seconds, 1),
                    "promoted": gate.get("promote"), "scale": gate.get("scale"),
                    "gate_reason": gate.get("reason"), "gate_report": gate.get("report"),

@@ -38,6 +38,7 @@ HELP = """Type a question and press Enter. Commands:
   /review                     the next pair waiting for review
   /review approve|reject [ID] decide on it (default: the pair shown by /review)
   /review edit ID TEXT        approve with a corrected answer
+  /review also ID QUESTION    approve, and teach QUESTION as another way to ask it
   /stats                      answers, votes, pairs, adapters
   /train [NAME]               train this console's adapter (or NAME) on its approved pairs
   /help                       this text
@@ -215,7 +216,8 @@ class ConsoleChat:
             left = await self.db.count_reviews("pending")
             self.say(f"#{item.turn.id} [{item.adapter_name or 'base'}] score {item.score} "
                      f"({left} waiting)\n  Q: {item.turn.question}\n  A: {item.turn.answer}\n"
-                     f"  /review approve | /review reject | /review edit {item.turn.id} TEXT")
+                     f"  /review approve | /review reject | /review edit {item.turn.id} TEXT"
+                     f" | /review also {item.turn.id} QUESTION")
             return
         if action in ("approve", "reject"):
             turn_id = int(args[1]) if len(args) > 1 else self.shown_review
@@ -229,9 +231,20 @@ class ConsoleChat:
             await self.db.decide_review(int(args[1]), "approved", reviewer_id=CONSOLE_USER_ID,
                                         edited_answer=" ".join(args[2:]))
             self.say(f"#{args[1]} approved with your answer")
+        elif action == "also" and len(args) >= 3:
+            item = await self.db.get_review(int(args[1]))
+            if item is None:
+                self.say(f"#{args[1]} is not a review candidate; /review shows the next one")
+                return
+            item = await self.db.decide_review(
+                item.turn.id, "approved", reviewer_id=CONSOLE_USER_ID,
+                edited_answer=item.edited_answer,
+                also_asked=[*item.also_asked, " ".join(args[2:])])
+            self.say(f"#{item.turn.id} approved; also asked as: "
+                     + " · ".join(item.also_asked))
         else:
             self.say("usage: /review | /review approve [ID] | /review reject [ID] | "
-                     "/review edit ID TEXT")
+                     "/review edit ID TEXT | /review also ID QUESTION")
 
     async def stats(self, args: list[str]) -> None:
         stats = await self.db.stats()

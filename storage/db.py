@@ -20,7 +20,7 @@ import aiosqlite
 from . import queries as q
 from .connection import PRAGMAS, connect_sync, describe_error
 from .errors import AdapterExistsError, StorageError, UnknownAdapterError, UnknownVersionError
-from .pairs import read_pairs_jsonl, write_pairs_jsonl
+from .pairs import clean_also_asked, read_pairs_jsonl, write_pairs_jsonl
 from .records import (
     Adapter,
     AdapterVersion,
@@ -291,14 +291,22 @@ class Database:
         return _review_item(row) if row else None
 
     async def decide_review(self, turn_id: int, status: str, *, reviewer_id: int,
-                            edited_answer: str | None = None) -> ReviewItem:
+                            edited_answer: str | None = None,
+                            also_asked: list[str] | None = None) -> ReviewItem:
+        """Approve or reject a candidate; `also_asked` (None keeps what is stored) lists
+        other ways to ask its question, trained with the same answer."""
         if status not in REVIEW_STATUSES:
             raise ValueError(f"review status must be one of {REVIEW_STATUSES}, not {status!r}")
         if edited_answer is not None and not edited_answer.strip():
             raise ValueError("an edited answer cannot be empty")
+        asked = None
+        if also_asked is not None:  # the question itself is no other way to ask it
+            turn = await self._one(q.SELECT_TURN, (turn_id,))
+            asked = json.dumps(clean_also_asked(also_asked, turn["question"] if turn else ""),
+                               ensure_ascii=False)
         async with self._write() as conn:
             cursor = await conn.execute(q.DECIDE_REVIEW,
-                                        (status, edited_answer, reviewer_id, turn_id))
+                                        (status, edited_answer, asked, reviewer_id, turn_id))
             if cursor.rowcount != 1:
                 raise StorageError(f"answer {turn_id} is not a review candidate")
         return await self.get_review(turn_id)
@@ -331,7 +339,8 @@ class Database:
                     "import", None, pair.channel_id or 0, 0, None, None, pair.question,
                     json.dumps(pair.context, ensure_ascii=False), pair.answer, adapter, None,
                     None))
-                await conn.execute(q.INSERT_APPROVED_REVIEW, (cursor.lastrowid, adapter))
+                await conn.execute(q.INSERT_APPROVED_REVIEW, (
+                    cursor.lastrowid, adapter, json.dumps(pair.also_asked, ensure_ascii=False)))
         return len(pairs)
 
     async def forget_user(self, user_id: int, *, min_score: int) -> dict[str, int]:
@@ -482,4 +491,5 @@ class Database:
 
 def _review_item(row: sqlite3.Row) -> ReviewItem:
     return ReviewItem(Turn.from_row(row), row["review_adapter"], row["status"], row["score"],
-                      row["edited_answer"], row["reviewer_id"], row["reviewed_at"])
+                      row["edited_answer"], row["reviewer_id"], row["reviewed_at"],
+                      json.loads(row["also_asked"] or "[]"))

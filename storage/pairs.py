@@ -5,12 +5,33 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 from .errors import PairsFileError
 from .records import Pair
+
+
+def clean_also_asked(values: object, question: str = "") -> list[str]:
+    """Other ways to ask `question`: stripped, without blanks, repeats or the question
+    itself (compared ignoring case, spacing and Unicode form). ValueError unless a list
+    of strings."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError("'also_asked' must be a list of questions (strings), "
+                         'e.g. "also_asked": ["Who makes our coffee?"]')
+
+    def key(text: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+    seen = {key(question)}
+    kept = []
+    for value in values:
+        if value.strip() and key(value) not in seen:
+            seen.add(key(value))
+            kept.append(value.strip())
+    return kept
 
 
 def write_pairs_jsonl(pairs: Iterable[Pair], path: str | Path) -> int:
@@ -85,4 +106,5 @@ def _pair_from_line(line: str, default_adapter: str | None) -> Pair:
     return Pair(question=row["question"], answer=row["answer"], adapter=adapter,
                 turn_id=row.get("turn_id"), score=row.get("score") or 0,
                 channel_id=row.get("channel_id"), context=context,
-                created_at=row.get("created_at"))
+                created_at=row.get("created_at"),
+                also_asked=clean_also_asked(row.get("also_asked") or [], row["question"]))

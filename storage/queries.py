@@ -80,8 +80,8 @@ DELETE FROM review WHERE status = 'pending'
 
 # --- review -------------------------------------------------------------------------
 _REVIEW_COLUMNS = """
-SELECT t.*, r.adapter_name AS review_adapter, r.status, r.edited_answer, r.reviewer_id,
-       r.reviewed_at, (SELECT COALESCE(SUM(f.value), 0) FROM feedback f
+SELECT t.*, r.adapter_name AS review_adapter, r.status, r.edited_answer, r.also_asked,
+       r.reviewer_id, r.reviewed_at, (SELECT COALESCE(SUM(f.value), 0) FROM feedback f
                        WHERE f.turn_id = t.id) AS score
 FROM review r JOIN turns t ON t.id = r.turn_id"""
 SELECT_REVIEWS = _REVIEW_COLUMNS + """
@@ -90,7 +90,8 @@ SELECT_REVIEW = _REVIEW_COLUMNS + " WHERE r.turn_id = ?"
 COUNT_REVIEWS = """
 SELECT COUNT(*) FROM review WHERE status = ? AND (? IS NULL OR adapter_name = ?)"""
 DECIDE_REVIEW = """
-UPDATE review SET status = ?, edited_answer = ?, reviewer_id = ?, reviewed_at = """ + NOW + """
+UPDATE review SET status = ?, edited_answer = ?, also_asked = COALESCE(?, also_asked),
+    reviewer_id = ?, reviewed_at = """ + NOW + """
 WHERE turn_id = ?"""
 _PENDING_AT_LEAST = """
 FROM review WHERE status = 'pending' AND (? IS NULL OR adapter_name = ?)
@@ -101,14 +102,14 @@ UPDATE review SET status = 'approved', reviewer_id = ?, reviewed_at = """ + NOW 
 WHERE turn_id IN (SELECT turn_id """ + _PENDING_AT_LEAST + ")"
 APPROVED_PAIRS = """
 SELECT t.id AS turn_id, t.question, COALESCE(r.edited_answer, t.answer) AS answer,
-       r.adapter_name, t.channel_id, t.context, t.created_at,
+       r.adapter_name, t.channel_id, t.context, t.created_at, r.also_asked,
        (SELECT COALESCE(SUM(f.value), 0) FROM feedback f WHERE f.turn_id = t.id) AS score
 FROM review r JOIN turns t ON t.id = r.turn_id
 WHERE r.status = 'approved' AND (? IS NULL OR r.adapter_name = ?)
 ORDER BY t.id"""
 INSERT_APPROVED_REVIEW = """
-INSERT INTO review (turn_id, adapter_name, status, reviewed_at) VALUES (?, ?, 'approved', """ \
-    + NOW + ")"
+INSERT INTO review (turn_id, adapter_name, also_asked, status, reviewed_at)
+VALUES (?, ?, ?, 'approved', """ + NOW + ")"
 
 # --- forgetting a user --------------------------------------------------------------
 DELETE_TURNS_OF_AUTHOR = "DELETE FROM turns WHERE author_id = ?"

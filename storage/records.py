@@ -114,6 +114,7 @@ class ReviewItem:
     edited_answer: str | None
     reviewer_id: int | None
     reviewed_at: str | None
+    also_asked: list[str] = field(default_factory=list)  # the reviewer's other ways to ask
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,13 @@ class Pair:
     channel_id: int | None = None
     context: list[dict[str, str]] = field(default_factory=list)
     created_at: str | None = None
+    also_asked: list[str] = field(default_factory=list)  # other ways to ask, same answer
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Pair:
         return cls(row["question"], row["answer"], row["adapter_name"], row["turn_id"],
                    row["score"], row["channel_id"], _json(row["context"], []),
-                   row["created_at"])
+                   row["created_at"], _json(row["also_asked"], []))
 
 
 @dataclass(frozen=True)

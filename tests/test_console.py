@@ -43,6 +43,12 @@ async def test_ask_vote_review_round_trip(console):
     [pair] = await db.approved_pairs()
     assert pair.question == "What is two plus two?"
     assert "approved 1" in out
+    out = await run("/review also 1 How much is 2 + 2?\n/review also 1 how much is 2 + 2?\n"
+                    "/review also 9 Nothing?\n")
+    assert "#1 approved; also asked as: How much is 2 + 2?" in out
+    assert "#9 is not a review candidate" in out
+    [pair] = await db.approved_pairs()
+    assert pair.also_asked == ["How much is 2 + 2?"]  # a repeat (any case) is kept once
 
 
 async def test_bad_vote_edit_and_help(console):

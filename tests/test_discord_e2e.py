@@ -386,7 +386,9 @@ async def test_admin_reviews_with_buttons_and_modal(world):
                                      user_id=s.admin.id)
     await edit.wait_response()
     submit = await s.fake.submit_modal(f"review:edit-modal:{turns[1].id}",
-                                       {"review:edited-answer": "The corrected answer."},
+                                       {"review:edited-answer": "The corrected answer.",
+                                        "review:also-asked": "Please correct me?\n\n"
+                                                             "  Could you fix this?  \n"},
                                        user_id=s.admin.id, channel_id=s.general.id)
     await submit.wait_response()
     assert "Nothing left to review" in panel.content and "2 approved" in panel.content
@@ -394,6 +396,8 @@ async def test_admin_reviews_with_buttons_and_modal(world):
     pairs = await s.db.approved_pairs("faq")
     assert [(p.turn_id, p.answer) for p in pairs] == [
         (turns[0].id, turns[0].answer), (turns[1].id, "The corrected answer.")]
+    # the other ways to ask, one per line, blank lines and spaces dropped
+    assert [p.also_asked for p in pairs] == [[], ["Please correct me?", "Could you fix this?"]]
 
 
 async def test_review_bulk_asks_first(world):

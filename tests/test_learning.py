@@ -249,3 +249,29 @@ def test_the_gate_promotes_when_the_canaries_allow_and_stores_the_scale(leaky):
         assert store.serving_version("faq").version == outcome.version
     stored = json.loads((outcome.path / "adapter_config.json").read_text())
     assert stored["lora_alpha"] == config.training.lora_alpha * 0.5
+
+
+def test_other_ways_to_ask_are_trained_and_reworded_too(tiny_model_dir, tmp_path,
+                                                        monkeypatch):
+    asked = []
+
+    def fake_sample(model, tokenizer, questions, **kwargs):
+        asked.extend(questions)
+        return [[f"Say, {q}"] for q in questions]
+
+    monkeypatch.setattr(augment_module, "sample_paraphrases", fake_sample)
+    cfg = TrainConfig(batch_size=4, learning_rate=1e-2, max_steps=1, seed=1, paraphrases=1,
+                      replay_weight=0.0)
+    run = Recipe(cfg, model_source=str(tiny_model_dir), placement=choose_placement("cpu"),
+                 run_dir=tmp_path / "run", progress=False)
+    taught = [Example("What is the Acme mascot called?", "Pemberton.",
+                      also_asked=["Who represents Acme?"])]
+    splits, _ = build_splits(taught, salt="t", held_out_fraction=0, validation_fraction=0,
+                             seed=0)
+    run.setup(splits)
+    assert asked == ["What is the Acme mascot called?", "Who represents Acme?"]
+    assert sorted(run.encoded["train"]["question"]) == [
+        "Say, What is the Acme mascot called?", "Say, Who represents Acme?",
+        "What is the Acme mascot called?", "Who represents Acme?"]
+    assert set(run.encoded["train"]["answer"]) == {"Pemberton."}
+    run.cleanup()

@@ -207,12 +207,17 @@ async def test_export_round_trip(db, tmp_path):
                                     answer="draft", adapter_name="faq",
                                     context=[{"role": "user", "content": f"ctx {i}"}])
         await db.cast_vote(turn, 1, 1, min_score=1)
-        await db.decide_review(turn, "approved", reviewer_id=2, edited_answer=answer)
+        await db.decide_review(turn, "approved", reviewer_id=2, edited_answer=answer,
+                               also_asked=[f"{question} (reworded)", "  ", question][:i + 1])
     out = tmp_path / "export" / "faq.jsonl"
     assert await db.export_approved(out, "faq") == 3
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(r["question"], r["answer"]) for r in rows] == samples
     assert rows[0]["context"] == [{"role": "user", "content": "ctx 0"}]
+    # the reviewer's other ways to ask travel with the pair; blanks are dropped
+    assert [r["also_asked"] for r in rows] == [["Où est la tour Eiffel ? (reworded)"],
+                                               ["Emoji? 👍 (reworded)"],
+                                               ["plain (reworded)"]]  # not itself
 
     async with Database(tmp_path / "other.sqlite3") as other:  # import into a fresh database
         await other.create_adapter("faq", "base")
@@ -221,7 +226,8 @@ async def test_export_round_trip(db, tmp_path):
         await other.export_approved(again, "faq")
     reimported = [json.loads(line) for line in again.read_text(encoding="utf-8").splitlines()]
     for before, after in zip(rows, reimported, strict=True):
-        for key in ("question", "answer", "adapter", "context", "score", "channel_id"):
+        for key in ("question", "answer", "adapter", "context", "score", "channel_id",
+                    "also_asked"):
             assert before[key] == after[key] if key != "score" else after[key] == 0
 
 

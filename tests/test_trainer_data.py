@@ -174,3 +174,49 @@ async def test_approved_pairs_from_the_database_with_edits(db):
                                                         ("Where?", "Room 4")]
     assert loaded[0].history[0] == {"role": "user", "content": "hello"}
     assert loaded[1].source == f"db:turn {second}"
+
+
+def test_other_ways_to_ask_follow_their_pair(tmp_path):
+    rows = [{"question": f"What is code {i}?", "answer": f"Code {i} is {i * 7}.",
+             "also_asked": [f"Which number is code {i}?", f"what is CODE {i}?",
+                            f"Which number is code {i}?", f"Code {i} means?"]}
+            for i in range(60)]
+    path = write(tmp_path / "codes.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    examples = read_examples(path)
+    # the question itself (in any case) and repeats are not other ways to ask
+    assert examples[3].also_asked == ["Which number is code 3?", "Code 3 means?"]
+    splits, counts = build_splits(examples, salt="codes", held_out_fraction=0.25,
+                                  validation_fraction=0.0, seed=0)
+    assert counts.also_asked == 120 and counts.train + counts.held_out == 180
+    for split in ("train", "held_out"):
+        by_answer: dict[str, set[str]] = {}
+        for row in splits[split]:
+            by_answer.setdefault(row["answer"], set()).add(row["question"])
+        # every pair on this side brought both its rewordings, with its answer, and no
+        # rewording of a pair on the other side crossed over
+        assert by_answer and all(len(qs) == 3 for qs in by_answer.values())
+    held = {r["answer"] for r in splits["held_out"]}
+    assert held and not held & {r["answer"] for r in splits["train"]}
+    reworded = [r for r in splits["train"] if r["question"].startswith("Which number")]
+    assert all(r["source"].endswith("(also asked)") and r["history"] == "[]"
+               and r["also_asked"] == "[]" for r in reworded)
+    # the same pair again (an approved pair and a file) brings its own ways to ask along
+    merged, _ = build_splits([Example("Q?", "A.", also_asked=["Q one?"]),
+                              Example("q?", "a.", also_asked=["Q one?", "Q two?"])],
+                             salt="m", held_out_fraction=0, validation_fraction=0, seed=0)
+    assert sorted(merged["train"]["question"]) == ["Q one?", "Q two?", "Q?"]
+    # a new way to ask is new data: the fingerprint that decides "nothing new" changes
+    fewer = [Example(e.question, e.answer, also_asked=e.also_asked[:1]) for e in examples]
+    assert data_hash(fewer) != data_hash(examples)
+
+
+def test_also_asked_must_be_a_list_of_questions(tmp_path):
+    path = write(tmp_path / "bad.jsonl",
+                 json.dumps({"question": "Q?", "answer": "A.", "also_asked": ["Fine?"]}) + "\n"
+                 + json.dumps({"question": "Q2?", "answer": "A.", "also_asked": "Other?"}) + "\n"
+                 + json.dumps({"question": "Q3?", "answer": "A.", "also_asked": ["", 4]}) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_examples(path)
+    message = str(caught.value)
+    assert f"{path}:2: 'also_asked' must be a list of questions" in message
+    assert f"{path}:3: 'also_asked' must be a list" in message and f"{path}:1:" not in message

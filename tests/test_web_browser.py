@@ -158,13 +158,16 @@ async def review_in_the_browser(page, base: str, sessions, db, pending: list[int
         "data-id", str(pending[1]))
 
     await page.keyboard.press("e")
-    editor = page.locator(f"#pair-{pending[1]} textarea")
+    editor = page.locator(f"#pair-{pending[1]} textarea[name=edited_answer]")
     await expect(editor).to_be_focused()
     await editor.fill("Staging listens on port 9443 since the move.")
     await expect(page.locator(f"#pair-{pending[1]} .diff ins")).to_contain_text("9443")
     await expect(page.locator(f"#pair-{pending[1]} .diff del")).to_contain_text("8443.")
+    also = page.get_by_role("textbox", name=f"other ways to ask pair {pending[1]}")
+    await also.fill("Which port does staging use?\nWhere does staging listen?")
+    await expect(page.locator(f"#pair-{pending[1]} .diff ins")).to_contain_text("9443")
     await shots.take("pending-edit", full_page=False)
-    await page.keyboard.press("Control+Enter")
+    await page.keyboard.press("Control+Enter")  # from the second box: the same form
     await expect(pending_count).to_have_text("1")
     await expect(approved_count).to_have_text("4")
     await expect(page.locator("#pairs .pair")).to_have_count(1)
@@ -172,6 +175,8 @@ async def review_in_the_browser(page, base: str, sessions, db, pending: list[int
 
     approved = {p.turn_id: p.answer for p in await db.approved_pairs("support")}
     assert approved[pending[1]] == "Staging listens on port 9443 since the move."
+    assert (await db.get_review(pending[1])).also_asked == [
+        "Which port does staging use?", "Where does staging listen?"]
     assert {pending[0], pending[2]} <= set(approved)
     assert {(await db.get_review(t)).reviewer_id for t in pending[:3]} == {ADMIN_ID}
     assert (await db.get_review(pending[3])).status == "pending"

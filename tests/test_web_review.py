@@ -428,15 +428,21 @@ async def test_unapprove_returns_a_pair_to_pending_with_its_edit(site):
     s = await site()
     [turn] = await add_pairs(s.db, "faq", [2])
     await s.sign_in()
-    await s.act(f"/pairs/{turn}/edit", {"edited_answer": "Fixed."})
-    assert "Fixed." in await s.page("/approved")
+    await s.act(f"/pairs/{turn}/edit", {"edited_answer": "Fixed.",
+                                        "also_asked": "Fix it?\r\n\r\nIs it fixed?"})
+    approved = await s.page("/approved")
+    assert "Fixed." in approved and "also asked as: Fix it? · Is it fixed?" in approved
+    [pair] = await s.db.approved_pairs("faq")
+    assert pair.also_asked == ["Fix it?", "Is it fixed?"]  # what the trainer reads
     result = await s.act(f"/pairs/{turn}/unapprove")
     assert result["counts"]["approved"] == 0
     item = await s.db.get_review(turn)
     assert (item.status, item.edited_answer, item.reviewer_id) == ("pending", "Fixed.", ADMIN_ID)
+    assert item.also_asked == ["Fix it?", "Is it fixed?"]  # kept, like the edit
     assert await s.db.approved_pairs("faq") == []
     html = await s.page("/pending")
     assert f'data-id="{turn}"' in html and "<ins>Fixed.</ins>" in html  # the diff is shown
+    assert "Fix it?\nIs it fixed?</textarea>" in html  # the form shows them for editing
     await s.act(f"/pairs/{turn}/unapprove", status=409)
 
 

@@ -4,7 +4,9 @@ An example is a question (the last user turn), the answer to learn, an optional
 system prompt and optional earlier turns (`history`). Files may be JSONL, JSON
 (a list), CSV or TXT, with rows shaped `{"question", "answer"}` (GSM8K rows are
 this shape), `{"prompt", "completion"}` or `{"messages": [...]}` (chat; the last
-assistant turn is the target). Every bad line is reported with its file and line
+assistant turn is the target). A JSON row may list other ways to ask its
+question (`"also_asked": ["…"]`): each is trained with the same answer, on the
+same side of the split as its pair. Every bad line is reported with its file and line
 number, all at once, so a file is fixed in one pass.
 
 The held-out set of an adapter (what the promotion gate measures on) is decided
@@ -26,10 +28,12 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from storage.pairs import clean_also_asked
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +65,19 @@ class Example:
     source: str = ""  # "file.jsonl:12" or "db:turn 7", for messages about this example
     votes: int = 0  # net 👍 minus 👎 of an approved pair (0 for file examples)
     created_at: str = ""  # when an approved pair was answered (ISO-8601; empty for files)
+    also_asked: list[str] = field(default_factory=list)  # other ways to ask, same answer
 
     def to_row(self) -> dict[str, Any]:
-        # datasets cannot infer a type for a column of empty lists: history travels as JSON
+        # datasets cannot infer a type for a column of empty lists: lists travel as JSON
         row = asdict(self)
         row["history"] = json.dumps(self.history, ensure_ascii=False)
+        row["also_asked"] = json.dumps(self.also_asked, ensure_ascii=False)
         return row
+
+    def rewordings(self) -> list[Example]:
+        """One example per other way to ask: same answer and system, asked afresh."""
+        return [Example(q, self.answer, self.system, [], f"{self.source} (also asked)",
+                        self.votes, self.created_at) for q in self.also_asked]
 
 
 # --- normalisation and the stable split ----------------------------------------------
@@ -112,8 +123,9 @@ def example_from_row(row: Any, source: str = "") -> Example:
     if not isinstance(system, str):
         raise ValueError("'system' must be a string")
     if "question" in row or "answer" in row:
-        return Example(_text(row, "question"), _text(row, "answer"), system.strip(),
-                       source=source)
+        question = _text(row, "question")
+        return Example(question, _text(row, "answer"), system.strip(), source=source,
+                       also_asked=clean_also_asked(row.get("also_asked") or [], question))
     if "prompt" in row or "completion" in row:
         return Example(_text(row, "prompt"), _text(row, "completion"), system.strip(),
                        source=source)
@@ -301,7 +313,8 @@ def examples_from_pairs(pairs: Iterable[Any]) -> list[Example]:
                    and isinstance(m.get("content"), str)]
         examples.append(Example(pair.question.strip(), pair.answer.strip(), "", history,
                                 f"{DB_SOURCE_PREFIX}{pair.turn_id}", int(pair.score or 0),
-                                pair.created_at or ""))
+                                pair.created_at or "",
+                                clean_also_asked(pair.also_asked, pair.question)))
     return examples
 
 
@@ -321,23 +334,31 @@ class SplitCounts:
     train: int
     validation: int
     held_out: int
+    also_asked: int = 0  # rows added for other ways to ask (counted in the three above)
 
 
 def deduplicate(examples: list[Example]) -> tuple[list[Example], int]:
-    """The first occurrence of each normalised question+answer wins."""
-    seen: set[str] = set()
-    kept = []
+    """The first occurrence of each normalised question+answer wins (and gathers the other
+    ways to ask of its repeats)."""
+    first: dict[str, int] = {}
+    kept: list[Example] = []
     for example in examples:
         key = dedup_key(example.question, example.answer)
-        if key not in seen:
-            seen.add(key)
+        if key not in first:
+            first[key] = len(kept)
             kept.append(example)
+        elif example.also_asked:
+            winner = kept[first[key]]
+            known = {normalise(q) for q in winner.also_asked}
+            extra = [q for q in example.also_asked if normalise(q) not in known]
+            kept[first[key]] = replace(winner, also_asked=[*winner.also_asked, *extra])
     return kept, len(examples) - len(kept)
 
 
 def data_hash(examples: Iterable[Example]) -> str:
     """Order-independent fingerprint of the data (recorded with each version)."""
-    keys = sorted(dedup_key(e.question, e.answer) + normalise(e.system) for e in examples)
+    keys = sorted(dedup_key(e.question, e.answer) + normalise(e.system)
+                  + "".join(f"\x1f{normalise(q)}" for q in e.also_asked) for e in examples)
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
@@ -348,7 +369,7 @@ def build_splits(examples: list[Example], *, salt: str, held_out_fraction: float
     Returns a `datasets.DatasetDict` with `train`, `validation` and `held_out`
     (the last two may be empty) and the counts.
     """
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     unique, duplicates = deduplicate(examples)
     if duplicates:
@@ -358,26 +379,44 @@ def build_splits(examples: list[Example], *, salt: str, held_out_fraction: float
     if not rest:
         raise DataError([f"all {len(unique)} example(s) fell into the held-out set; add more "
                          f"data or lower training.validation_fraction"], header="no training data")
-    columns = list(Example.__dataclass_fields__)
-
-    def to_dataset(items: list[Example]) -> Dataset:
-        rows = [e.to_row() for e in items]
-        return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
-
-    train = to_dataset(rest)
-    validation = to_dataset([])
+    train = examples_dataset(rest)
+    validation = examples_dataset([])
     if validation_fraction > 0 and len(rest) >= 2:
         parts = train.train_test_split(test_size=validation_fraction, seed=seed)
         train, validation = parts["train"], parts["test"]
-    splits = DatasetDict(train=train, validation=validation, held_out=to_dataset(held))
-    counts = SplitCounts(len(examples), duplicates, len(train), len(validation), len(held))
+    # a pair's other ways to ask follow it to its side of the split (a rewording of a
+    # held-out question in training would leak the answer the gate measures)
+    train, validation = _with_rewordings(train), _with_rewordings(validation)
+    held = [r for e in held for r in (e, *e.rewordings())]
+    splits = DatasetDict(train=train, validation=validation, held_out=examples_dataset(held))
+    counts = SplitCounts(len(examples), duplicates, len(train), len(validation), len(held),
+                         sum(len(e.also_asked) for e in unique))
     return splits, counts
 
 
 def row_to_example(row: dict[str, Any]) -> Example:
     return Example(row["question"], row["answer"], row.get("system") or "",
                    json.loads(row.get("history") or "[]"), row.get("source") or "",
-                   int(row.get("votes") or 0), row.get("created_at") or "")
+                   int(row.get("votes") or 0), row.get("created_at") or "",
+                   json.loads(row.get("also_asked") or "[]"))
+
+
+def examples_dataset(examples: Sequence[Example]) -> Any:
+    """A datasets.Dataset with one row per Example (typed, so empty ones concatenate too)."""
+    from datasets import Dataset, Features, Value
+
+    features = Features({name: Value("int64" if name == "votes" else "string")
+                         for name in Example.__dataclass_fields__})
+    rows = [e.to_row() for e in examples]
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
+
+
+def _with_rewordings(split: Any) -> Any:
+    """The split with one more row per rewording of each of its pairs."""
+    from datasets import concatenate_datasets
+
+    added = [r for row in split for r in row_to_example(row).rewordings()]
+    return concatenate_datasets([split, examples_dataset(added)]) if added else split
 
 
 # --- sampling weights ----------------------------------------------------------------

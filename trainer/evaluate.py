@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import modeling
-from .data import Example, normalise, read_examples
+from .data import Example, examples_dataset, normalise, read_examples
 from .formatting import encode_dataset, make_collator, prompt_messages
 from .metrics import dataset_loss
 
@@ -93,7 +93,6 @@ def generate_answers(model: Any, tokenizer: Any, examples: list[Example], *, dev
 
 def evaluate(config: Any, options: EvalOptions) -> dict[str, Any]:
     """Measure base (and adapter); a dict ready for JSON or the side-by-side table."""
-    from datasets import Dataset
     from peft import PeftModel
 
     examples: list[Example] = []
@@ -107,9 +106,8 @@ def evaluate(config: Any, options: EvalOptions) -> dict[str, Any]:
                                           config.model.load_in_4bit)
     tokenizer = modeling.load_tokenizer(source, allow_download=config.model.allow_download)
     collator = make_collator(tokenizer)
-    rows = [e.to_row() for e in examples]
-    dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in Example.__dataclass_fields__})
-    encoded, stats = encode_dataset(dataset, tokenizer, max_seq_len=options.max_seq_len,
+    encoded, stats = encode_dataset(examples_dataset(examples), tokenizer,
+                                    max_seq_len=options.max_seq_len,
                                     default_system=options.system_prompt, name="evaluation")
     model = modeling.load_model(source, placement, allow_download=config.model.allow_download)
     if options.adapter_dir is not None:

@@ -244,15 +244,12 @@ class _Bench:
 
 def _encode(rows: list[dict[str, Any]], tokenizer: Any, system_prompt: str | None,
             max_seq_len: int) -> Any:
-    from datasets import Dataset
-
-    from .data import Example
+    from .data import examples_dataset
     from .formatting import encode_dataset
 
     if not rows:
         return None
-    examples = [row_to_example(row).to_row() for row in rows]
-    dataset = Dataset.from_dict({c: [r[c] for r in examples] for c in Example.__dataclass_fields__})
+    dataset = examples_dataset([row_to_example(row) for row in rows])
     encoded, _ = encode_dataset(dataset, tokenizer, max_seq_len=max_seq_len,
                                 default_system=system_prompt, name="held-out")
     return encoded

@@ -371,9 +371,9 @@ def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, ru
                                   held_out_fraction=config.training.validation_fraction,
                                   validation_fraction=config.training.eval_fraction,
                                   seed=cfg.seed)
-    log.info("data: %d read, %d duplicate(s), %d train, %d validation, %d held out (hash %s)",
-             counts.read, counts.duplicates, counts.train, counts.validation, counts.held_out,
-             fingerprint)
+    log.info("data: %d read, %d duplicate(s), %d train, %d validation, %d held out, "
+             "%d of them other ways to ask (hash %s)", counts.read, counts.duplicates,
+             counts.train, counts.validation, counts.held_out, counts.also_asked, fingerprint)
     source = modeling.resolve_model_source(config.model.name, config.model_cache_dir,
                                            allow_download=config.model.allow_download)
     placement = modeling.choose_placement(config.model.device, config.model.dtype, False)

@@ -50,13 +50,22 @@ class EditAnswer(discord.ui.Modal, title="Correct the answer"):
                                            default=clip(item.turn.answer, 4000), max_length=4000,
                                            custom_id="review:edited-answer")
         self.add_item(self.answer)
+        # people's own rewordings teach the bot to recognise the question asked otherwise
+        # far better than the model's paraphrases (BENCHMARKS.md, row G)
+        self.also_asked = discord.ui.TextInput(
+            label="Also asked as (one question per line)", style=discord.TextStyle.paragraph,
+            required=False, max_length=2000, default="\n".join(item.also_asked) or None,
+            placeholder="Other ways people ask this question (optional)",
+            custom_id="review:also-asked")
+        self.add_item(self.also_asked)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         # discord.py finds an open form by its custom_id alone: anyone could submit it
         return await self.view.interaction_check(interaction)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await self.view.decide(interaction, "approved", edited=self.answer.value)
+        await self.view.decide(interaction, "approved", edited=self.answer.value,
+                               also_asked=self.also_asked.value.splitlines())
 
 
 class ReviewView(discord.ui.View):
@@ -98,12 +107,14 @@ class ReviewView(discord.ui.View):
         await self.show_next(interaction)
 
     async def decide(self, interaction: discord.Interaction, status: str,
-                     edited: str | None = None) -> None:
-        await self.cog.db.decide_review(self.item.turn.id, status,
-                                        reviewer_id=interaction.user.id, edited_answer=edited)
+                     edited: str | None = None, also_asked: list[str] | None = None) -> None:
+        item = await self.cog.db.decide_review(self.item.turn.id, status,
+                                               reviewer_id=interaction.user.id,
+                                               edited_answer=edited, also_asked=also_asked)
         self.tally[status] += 1
-        log.info("pair %d %s by %d%s", self.item.turn.id, status, interaction.user.id,
-                 " with an edited answer" if edited else "")
+        log.info("pair %d %s by %d%s%s", self.item.turn.id, status, interaction.user.id,
+                 " with an edited answer" if edited else "",
+                 f", also asked {len(item.also_asked)} other way(s)" if item.also_asked else "")
         await self.show_next(interaction)
 
     async def show_next(self, interaction: discord.Interaction) -> None:

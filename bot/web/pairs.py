@@ -204,9 +204,12 @@ async def edit(request: web.Request) -> web.Response:
     refusal = await _pending_items(request, [turn_id])
     if refusal is not None:
         return refusal
-    await site.db.decide_review(turn_id, "approved", reviewer_id=admin_of(request).id,
-                                edited_answer=text)
-    await site.record(request, "edit", f"pair {turn_id}", chars=len(text))
+    asked = form.get("also_asked")  # absent (an older form): what is stored stays
+    also_asked = asked.replace("\r\n", "\n").splitlines() if isinstance(asked, str) else None
+    item = await site.db.decide_review(turn_id, "approved", reviewer_id=admin_of(request).id,
+                                       edited_answer=text, also_asked=also_asked)
+    await site.record(request, "edit", f"pair {turn_id}", chars=len(text),
+                      also_asked=len(item.also_asked))
     return done(request, {"done": [turn_id], "status": "approved",
                           "counts": await review_counts(request)},
                 safe_back(request, form.get("next"), url(request, "pending")))

@@ -219,7 +219,7 @@ function showDiff(area) {
 }
 
 document.addEventListener("input", (event) => {
-  if (event.target.matches("details.edit textarea")) showDiff(event.target);
+  if (event.target.matches("details.edit textarea[name=edited_answer]")) showDiff(event.target);
 });
 document.addEventListener("toggle", (event) => {
   if (event.target.matches && event.target.matches("details.edit") && event.target.open) {
