@@ -25,15 +25,23 @@ world = test_discord_e2e.world  # the fixture that starts the bot in this proces
 
 @pytest.mark.timeout(400)
 async def test_no_acknowledged_vote_is_lost_to_kill_9(tmp_path, tiny_model_dir):
-    seed = random.randrange(2**31)  # a random kill moment each run; the seed reproduces it
-    result = await chaos_round(tmp_path, tiny_model_dir, reactions=200, users=20, seed=seed)
-    reproduce = f"python bench/chaos.py --rounds 1 --reactions 200 --users 20 --seed {seed}"
-    details = f"{result}; reproduce with `{reproduce}`"
+    for attempt in range(3):
+        seed = random.randrange(2**31)  # a random kill moment each run; the seed reproduces it
+        workdir = tmp_path / f"round{attempt}"
+        workdir.mkdir()
+        result = await chaos_round(workdir, tiny_model_dir,
+                                   reactions=200, users=20, seed=seed)
+        reproduce = f"python bench/chaos.py --rounds 1 --reactions 200 --users 20 --seed {seed}"
+        details = f"{result}; reproduce with `{reproduce}`"
+        assert result.lost == 0, details  # every round, whenever its kill landed
+        assert result.found >= result.acknowledged, details
+        assert result.integrity == "ok", details
+        assert result.answered_after_restart, details
+        # on a loaded machine the test itself can be descheduled while the bot works through
+        # the rest of the burst; then the kill proved little and the round is run again
+        if 0 < result.acknowledged < result.sent:
+            break
     assert 0 < result.acknowledged < result.sent, "the kill did not land mid-burst: " + details
-    assert result.lost == 0, details
-    assert result.found >= result.acknowledged, details
-    assert result.integrity == "ok", details
-    assert result.answered_after_restart, details
 
 
 async def test_a_review_decision_is_committed_before_the_admin_sees_it(world):
