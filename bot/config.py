@@ -181,7 +181,9 @@ class TrainingConfig:
                             "for the nightly run.", check="crontab")
     timezone: str = setting("UTC", "IANA time zone of the schedule.", check="timezone")
     min_new_pairs: int = setting(10, "Approved pairs the serving version has not seen "
-                                 "before a scheduled run starts.", min=1)
+                                 "(or whose review changed after its run began: a corrected "
+                                 "answer, other ways to ask) before a scheduled run starts.",
+                                 min=1)
     method: str = setting("lora", "Fine-tuning method.", choices=("lora", "qlora", "full"))
     epochs: int = setting(6, "Passes over the training pairs.", min=1, max=1000)
     learning_rate: float = setting(2e-3, "Peak AdamW learning rate.", min=1e-7, max=1.0)

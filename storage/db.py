@@ -400,8 +400,10 @@ class Database:
             await conn.execute(q.SET_STATE, (key, value))
 
     async def count_unseen_approved(self, adapter: str) -> int:
-        """Approved pairs of `adapter` that its serving version was not trained on."""
-        return (await self._one(q.COUNT_UNSEEN_APPROVED, (adapter, adapter)))[0]
+        """Approved pairs of `adapter` that its serving version was not trained on, or whose
+        review changed after that version's run began (a corrected answer, other ways to
+        ask)."""
+        return (await self._one(q.COUNT_UNSEEN_APPROVED, (adapter, adapter, adapter)))[0]
 
     async def version_pair_counts(self, adapter: str, version: int) -> dict[str, int]:
         """How many stored pairs a version was trained, validated and judged on."""

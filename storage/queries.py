@@ -131,14 +131,19 @@ SET_STATE = """
 INSERT INTO state (key, value) VALUES (?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = """ + NOW
 # approved pairs of an adapter that its serving version has not seen (held-out pairs
-# are never trained on, yet they are not new: any recorded split counts as seen)
+# are never trained on, yet they are not new: any recorded split counts as seen), or
+# whose review changed after that version's run read its data (a corrected answer, other
+# ways to ask added): that version learned them otherwise
+_SERVING = """
+    FROM adapter_versions v JOIN adapters a ON a.id = v.adapter_id
+    LEFT JOIN training_runs t ON t.id = v.run_id
+    WHERE a.name = ? AND v.status = 'serving'"""
 COUNT_UNSEEN_APPROVED = """
 SELECT COUNT(*) FROM review r WHERE r.status = 'approved' AND r.adapter_name = ?
-    AND r.turn_id NOT IN (
-        SELECT p.turn_id FROM version_pairs p
-        JOIN adapter_versions v ON v.id = p.version_id
-        JOIN adapters a ON a.id = v.adapter_id
-        WHERE a.name = ? AND v.status = 'serving')"""
+    AND (r.turn_id NOT IN (
+            SELECT p.turn_id FROM version_pairs p WHERE p.version_id IN (
+                SELECT v.id """ + _SERVING + """))
+         OR r.reviewed_at > (SELECT COALESCE(t.started_at, v.created_at) """ + _SERVING + """))"""
 INSERT_VERSION_PAIR = """
 INSERT OR IGNORE INTO version_pairs (version_id, turn_id, split) VALUES (?, ?, ?)"""
 VERSION_PAIR_COUNTS = """

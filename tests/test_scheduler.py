@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -105,6 +106,15 @@ async def test_the_cron_job_trains_only_adapters_with_enough_new_pairs(db, night
     training.started.clear()
     await schedule.run_due()
     assert ("many", "schedule") not in training.started
+    # a pair corrected (or given other ways to ask) after v1 read its data is new again
+    await asyncio.sleep(0.01)  # the database's clock has millisecond steps
+    corrected = pairs[1][0]
+    await db.decide_review(corrected, "approved", reviewer_id=1,
+                           also_asked=["Another way to ask?"])
+    assert await db.count_unseen_approved("many") == 1
+    # any new decision counts (texts are not compared): a re-approval too
+    await db.decide_review(corrected, "approved", reviewer_id=1)
+    assert await db.count_unseen_approved("many") == 1
     await approve(db, "many", 2)  # two more approved after v1
     training.started.clear()
     await schedule.run_due()
