@@ -67,6 +67,11 @@ class Outcome:
             return f"Training of {self.adapter} failed (run {self.run_id}): {self.error}"
         numbers = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
                             if isinstance(v, float) and k.startswith(("eval", "held", "val")))
+        if not numbers:  # nothing held out (the default): how the training itself went
+            numbers = ", ".join(f"{label} {self.metrics[key]:{spec}}" for key, label, spec in (
+                ("steps", "steps", "d"), ("train_loss", "loss", ".3g"),
+                ("train_seconds", "seconds", ".0f")) if isinstance(self.metrics.get(key),
+                                                                   int | float))
         verdict = ("promoted: it serves from now on" if self.promoted
                    else f"kept as a candidate: {self.reason}")
         return f"{self.adapter} v{self.version} trained ({numbers or 'no metrics'}); {verdict}."

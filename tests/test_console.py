@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -143,6 +144,8 @@ async def test_console_train_hot_reloads_and_restarts_the_conversation(make_conf
             await engine.close()
         out = out.getvalue()
         assert "faq v1 trained" in out and "promoted" in out
+        # nothing is held out by default: the summary says how the training went instead
+        assert re.search(r"faq v1 trained \(steps \d+, loss [\d.e+-]+, seconds \d+\)", out)
         # the old turns came from the base model: the new version starts afresh
         assert "(conversation restarted" in out
         assert out.index("(conversation restarted") < out.index("(answered by faq v1)")
