@@ -253,6 +253,9 @@ class Engine:
 
         started = time.perf_counter()
         try:
+            # PEFT injects the LoRA layers before it reads the weights: unreadable files
+            # found first leave the served model as it was
+            check_adapter_files(route.path)
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(route.path), adapter_name=route.key,
                                         is_trainable=False)
@@ -261,6 +264,11 @@ class Engine:
                                                        adapter_name=route.key,
                                                        is_trainable=False)
         except Exception as exc:
+            if isinstance(self.model, PeftModel) and route.key in self.model.peft_config:
+                try:  # a half-loaded adapter would stay in memory, unnamed by any route
+                    self.model.delete_adapter(route.key)
+                except Exception:
+                    log.warning("could not remove the half-loaded adapter %s", route.key)
             raise AdapterLoadError(f"adapter {route.adapter} v{route.version} at {route.path} "
                                    f"could not be loaded ({exc}); roll back with "
                                    f"/adapter rollback {route.adapter}") from exc
@@ -361,6 +369,22 @@ class Engine:
         # evict against the whole batch's needs, now that all of it is loaded
         self._ensure_loaded([job.route for job in jobs if job not in failed])
         return failed
+
+
+def check_adapter_files(path: Any) -> None:
+    """Read an adapter directory's config and weights; raise what is wrong with them."""
+    from pathlib import Path
+
+    from peft import PeftConfig
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    PeftConfig.from_pretrained(str(path))
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        load_file(weights)  # a few MB: cheap next to what a half-injected load costs
+    elif not (path / "adapter_model.bin").is_file():
+        raise FileNotFoundError(f"no adapter_model.safetensors in {path}")
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:
