@@ -343,19 +343,22 @@ class Database:
                     cursor.lastrowid, adapter, json.dumps(pair.also_asked, ensure_ascii=False)))
         return len(pairs)
 
-    async def forget_user(self, user_id: int, *, min_score: int) -> dict[str, int]:
+    async def forget_user(self, user_id: int, *, min_score: int) -> dict[str, Any]:
         """Delete a user's questions (with their answers, votes and reviews) and votes.
 
         Pending candidates that relied on the user's votes are withdrawn. The rows are
         gone from the files too: secure_delete zeroes them in the database, and the WAL,
-        whose older frames still hold them, is checkpointed and emptied.
+        whose older frames still hold them, is checkpointed and emptied. Returns the
+        counts and the ids of the deleted turns (trained versions' files name them).
         """
         async with self._write() as conn:
+            async with conn.execute(q.TURN_IDS_OF_AUTHOR, (user_id,)) as cursor:
+                turn_ids = [row[0] for row in await cursor.fetchall()]
             votes = (await conn.execute(q.DELETE_VOTES_OF_USER, (user_id,))).rowcount
             turns = (await conn.execute(q.DELETE_TURNS_OF_AUTHOR, (user_id,))).rowcount
             await conn.execute(q.PRUNE_PENDING_BELOW, (min_score,))
         await self.truncate_wal()
-        return {"turns": turns, "votes": votes}
+        return {"turns": turns, "votes": votes, "turn_ids": turn_ids}
 
     async def truncate_wal(self) -> bool:
         """Copy the WAL into the database file and empty it; False if a reader (the

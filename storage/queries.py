@@ -112,6 +112,7 @@ INSERT INTO review (turn_id, adapter_name, also_asked, status, reviewed_at)
 VALUES (?, ?, ?, 'approved', """ + NOW + ")"
 
 # --- forgetting a user --------------------------------------------------------------
+TURN_IDS_OF_AUTHOR = "SELECT id FROM turns WHERE author_id = ?"
 DELETE_TURNS_OF_AUTHOR = "DELETE FROM turns WHERE author_id = ?"
 DELETE_VOTES_OF_USER = "DELETE FROM feedback WHERE user_id = ?"
 

@@ -445,6 +445,20 @@ async def test_forget_deletes_the_users_rows(world):
     await s.fake.add_reaction(s.carol.id, s.general.id, theirs.id, "👍")
     theirs_turn = await s.db.turn_for_answer_message(theirs.id)
     await _until_score(s, theirs_turn.id, 1)
+    # a version trained on both questions keeps lists of them, and the caches their rewordings
+    mine_turn = await s.db.turn_for_answer_message(mine.id)
+    version = s.config.adapters_dir / "faq" / "v1"
+    rows = {"taught.jsonl": [(mine_turn.id, ""), (mine_turn.id, " (also asked)"),
+                             (theirs_turn.id, "")],
+            "held_out.jsonl": [(mine_turn.id, ""), (theirs_turn.id, "")]}
+    for name, sources in rows.items():
+        (version / name).write_text("".join(
+            json.dumps({"question": "q", "answer": "a", "source": f"db:turn {t}{suffix}"}) + "\n"
+            for t, suffix in sources))
+    cache = s.config.data_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "paraphrases.json").write_text("{}")
+    (cache / "replay-0123.jsonl").write_text("")
     forget = await s.fake.invoke_command("forget", user_id=s.carol.id, channel_id=s.general.id)
     await forget.wait_response()
     assert await s.db.turn_for_answer_message(mine.id) is not None  # not before confirming
@@ -452,6 +466,11 @@ async def test_forget_deletes_the_users_rows(world):
                                         user_id=s.carol.id)
     await confirm.wait_response()
     assert "Deleted 1 of your questions" in forget.original_message.content
+    assert "removed from 3 stored training record(s)" in forget.original_message.content
+    for name in rows:  # only the other person's rows are left
+        left = [json.loads(line)["source"] for line in (version / name).read_text().splitlines()]
+        assert left == [f"db:turn {theirs_turn.id}"], name
+    assert list(cache.iterdir()) == []  # rebuilt by the next run
     assert await s.db.turn_for_answer_message(mine.id) is None
     assert await s.db.score(theirs_turn.id) == 0
     rows = await s.db._all("SELECT author_id FROM turns")

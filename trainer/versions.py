@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -35,6 +36,46 @@ HELD_OUT_FILE = "held_out.jsonl"
 TAUGHT_FILE = "taught.jsonl"  # the pairs it was trained on (the gate asks a sample)
 GATE_FILE = "gate.json"  # the gate's report
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes")
+
+
+def forget_turns(adapters_dir: Path, cache_dir: Path, turn_ids: set[int]) -> int:
+    """Remove a forgotten person's pairs from every version's taught and held-out files.
+
+    Rows are matched by their source (`db:turn N`, with its paraphrases and other ways
+    to ask); each file is rewritten in place atomically. When any was removed, the
+    caches of model-written data (paraphrases of taught questions, the base model's
+    answers to them without their subject) are deleted too: they are rebuilt by the next
+    run. The weights of those versions still hold what they learned. Returns the number
+    of rows removed.
+    """
+    from .data import DB_SOURCE_PREFIX
+
+    pattern = re.compile(rf"^{re.escape(DB_SOURCE_PREFIX)}(\d+)\b")
+
+    def forgotten(line: str) -> bool:
+        try:
+            match = pattern.match(str(json.loads(line).get("source") or ""))
+        except (json.JSONDecodeError, AttributeError):
+            return False
+        return match is not None and int(match.group(1)) in turn_ids
+
+    removed = 0
+    if not turn_ids or not adapters_dir.is_dir():
+        return 0
+    files = [p for name in (TAUGHT_FILE, HELD_OUT_FILE) for p in adapters_dir.glob(f"*/v*/{name}")]
+    for path in sorted(files):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not forgotten(line)]
+        if len(kept) != len(lines):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.replace(path)
+            removed += len(lines) - len(kept)
+    if removed and cache_dir.is_dir():
+        for cached in [*cache_dir.glob("paraphrases*.json"), *cache_dir.glob("replay-*.jsonl")]:
+            cached.unlink(missing_ok=True)
+    log.info("forgotten turns: %d row(s) removed from version files", removed)
+    return removed
 
 
 def package_versions() -> dict[str, str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from dataclasses import asdict
 
 import discord
 from discord import app_commands
+
+from trainer.versions import forget_turns
 
 from ..permissions import admin_only
 from ._common import SlashCog, adapter_names, reply
@@ -28,13 +31,19 @@ class ConfirmForget(discord.ui.View):
     @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger,
                        custom_id="forget:confirm")
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button):
+        config = self.cog.config
         counts = await self.cog.db.forget_user(self.user_id,
-                                               min_score=self.cog.config.feedback.min_score)
+                                               min_score=config.feedback.min_score)
         self.stop()
+        # trained versions keep lists of what they were taught and judged on: cleaned too
+        removed = await asyncio.to_thread(forget_turns, config.adapters_dir,
+                                          config.data_dir / "cache", set(counts["turn_ids"]))
+        files = (f" They were also removed from {removed} stored training record(s)."
+                 if removed else "")
         await interaction.response.edit_message(
             content=f"Deleted {counts['turns']} of your questions (with the bot's answers to "
                     f"them) and {counts['votes']} of your votes. They will not train any "
-                    f"future version.", view=None)
+                    f"future version.{files}", view=None)
 
     @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary,
                        custom_id="forget:cancel")
@@ -79,7 +88,8 @@ class Data(SlashCog):
     async def forget(self, interaction: discord.Interaction) -> None:
         await reply(interaction, "This deletes every question you asked the bot (with its "
                     "answers) and every vote you cast. Pairs already used by a trained version "
-                    "stay in that version's weights, but never train another. Continue?",
+                    "stay in that version's weights (its stored lists of questions are "
+                    "cleaned), but never train another. Continue?",
                     view=ConfirmForget(self, interaction.user.id))
 
 
