@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("healthcheck", help="exit 0 if a running bot wrote its heartbeat recently")
     sub.add_parser("settings", help="print every setting with its default (Markdown)")
     return parser
+
+
+async def until_terminated(work) -> int:
+    """Await `work`; SIGTERM (`docker stop`, systemd) cancels it as Ctrl-C does, so every
+    `finally` closes what it opened: the Discord session, the engine, the HTTP server,
+    the database. Returns 143 (128 + SIGTERM) then."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        log.info("SIGTERM: shutting down")
+        terminated.set()
+        task.cancel()
+
+    # (where the loop cannot take signal handlers, SIGTERM keeps its default action)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        log.info("stopped cleanly after SIGTERM")
+        return 143
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _heartbeat(path: Path) -> None:
@@ -185,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if command == "run" and token:
-            return asyncio.run(run_discord(config, token))
-        return asyncio.run(run_console(config))
+            return asyncio.run(until_terminated(run_discord(config, token)))
+        return asyncio.run(until_terminated(run_console(config)))
     except (ModelError, StorageError, EngineError, HttpConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,10 @@ makes an answer a review candidate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
@@ -73,7 +75,7 @@ class ConsoleChat:
         while True:
             if self.interactive:
                 self.say("you> ", end="")
-            line = await asyncio.to_thread(self.stdin.readline)
+            line = await self.read_line()
             if not line:  # end of input
                 return 0
             text = line.strip()
@@ -85,6 +87,31 @@ class ConsoleChat:
                 await self.command(text)
             else:
                 await self.ask(text)
+
+    async def read_line(self) -> str:
+        """One line of input, read in a daemon thread: a read blocked on the terminal never
+        holds up the shutdown (SIGTERM or Ctrl-C would otherwise wait for a line)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+
+        def settle(line: str | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(line or "")
+
+        def read() -> None:
+            try:
+                line, error = self.stdin.readline(), None
+            except Exception as exc:
+                line, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, line, error)
+
+        threading.Thread(target=read, name="console-input", daemon=True).start()
+        return await future
 
     async def command(self, text: str) -> None:
         name, *args = text.split()

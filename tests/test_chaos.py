@@ -75,3 +75,25 @@ async def test_a_review_decision_is_committed_before_the_admin_sees_it(world):
                                           user_id=s.admin.id)
         await click.wait_response()
     assert status_at_acknowledgement == ["approved"]
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_shuts_down_cleanly(tmp_path, tiny_model_dir):
+    """`docker stop` and systemd send SIGTERM: the bot closes as on Ctrl-C, not mid-air."""
+    import signal
+
+    from bench.chaos import BotProcess, write_config
+    from tests.fake_discord import FakeDiscord
+
+    async with FakeDiscord() as fake:
+        config = write_config(tmp_path, tiny_model_dir, fake.world.guild.id)
+        bot = BotProcess(fake, config, tmp_path / "bot.log")
+        await bot.start()
+        bot.process.send_signal(signal.SIGTERM)
+        code = await bot.wait()
+        log = bot.log_text()
+        assert code == 143, log  # 128 + SIGTERM, after the finally blocks ran
+        assert "stopped cleanly after SIGTERM" in log
+        # the bot closed its Discord session (a process that dies leaves it resumable)
+        await fake.wait_until(lambda: not fake.sessions, timeout=10,
+                              what="the gateway session closed by the bot")
