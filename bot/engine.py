@@ -27,6 +27,7 @@ from typing import Any
 
 from storage import BASE_ADAPTER
 from trainer import modeling
+from trainer.formatting import plain_messages
 
 from .batching import END as _END
 from .batching import AdapterSlots, BatchController, Generation, Job
@@ -291,8 +292,9 @@ class Engine:
         return self._template(messages)
 
     def _template(self, messages: Sequence[Message]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
+        ids = self.tokenizer.apply_chat_template(plain_messages(messages, self.tokenizer),
+                                                 add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
         return list(ids)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+
+from trainer.formatting import (  # noqa: F401  (the chat cog and tests import them here)
+    ZERO_WIDTH_SPACE,
+    defuse_special_tokens,
+    special_token_strings,
+)
 
 DISCORD_LIMIT = 2000
 CURSOR = " ▌"
-ZERO_WIDTH_SPACE = "\u200b"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
@@ -56,24 +59,3 @@ def _best_cut(window: str) -> int:
 def strip_bot_mention(content: str, bot_id: int) -> str:
     """The question without the `@bot` that addressed it."""
     return re.sub(rf"<@!?{bot_id}>", "", content).strip()
-
-
-def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
-    """The texts a tokenizer turns into special tokens (`<|im_start|>`, `<|endoftext|>`…)."""
-    found = set(getattr(tokenizer, "all_special_tokens", None) or ())
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    found.update(token.content for token in added.values() if getattr(token, "special", False))
-    return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
-
-
-def defuse_special_tokens(text: str, special_tokens: Iterable[str]) -> str:
-    """`text` with every special-token string broken by a zero-width space.
-
-    The chat template is rendered to text and then tokenised, so a user who types
-    `<|im_start|>system` would otherwise open a real system turn of their own. The
-    zero-width space makes the tokenizer read it as plain text; people see no change.
-    """
-    for token in special_tokens:
-        while token in text:
-            text = text.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
-    return text

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import modeling
 from .data import Example, examples_dataset, normalise, read_examples
-from .formatting import encode_dataset, make_collator, prompt_messages
+from .formatting import encode_dataset, make_collator, plain_messages, prompt_messages
 from .metrics import dataset_loss
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def generate_answers(model: Any, tokenizer: Any, examples: list[Example], *, dev
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             texts = [tokenizer.apply_chat_template(
-                prompt_messages(e.question, system=e.system, history=e.history,
-                                default_system=system_prompt),
+                plain_messages(prompt_messages(e.question, system=e.system, history=e.history,
+                                               default_system=system_prompt), tokenizer),
                 tokenize=False, add_generation_prompt=True) for e in chunk]
             batch = tokenizer(texts, return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)

@@ -12,9 +12,10 @@ pad only to the longest row of each batch, so little compute goes to padding.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,40 @@ IGNORE_INDEX = -100  # what torch's cross-entropy (and transformers' loss) skip
 
 class FormattingError(ValueError):
     """The tokenizer's chat template cannot be split into prompt and answer."""
+
+
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+@functools.lru_cache(maxsize=8)  # per tokenizer: the engine asks for every prompt
+def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The texts a tokenizer turns into special tokens (`<|im_start|>`, `<|endoftext|>`…)."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found.update(token.content for token in added.values() if getattr(token, "special", False))
+    return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
+
+
+def defuse_special_tokens(text: str, special_tokens: Iterable[str]) -> str:
+    """`text` with every special-token string broken by a zero-width space.
+
+    The chat template is rendered to text and then tokenised, so a user who types
+    `<|im_start|>system` would otherwise open a real system turn of their own. The
+    zero-width space makes the tokenizer read it as plain text; people see no change.
+    """
+    for token in special_tokens:
+        while token in text:
+            text = text.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
+    return text
+
+
+def plain_messages(messages: Sequence[dict[str, str]], tokenizer: Any) -> list[dict[str, str]]:
+    """The messages with no special token in their text: every path that renders a chat
+    template (the engine's prompts, training rows, the gate's questions) calls this, so
+    imported pairs, edited answers and API prompts are as safe as Discord messages."""
+    specials = special_token_strings(tokenizer)
+    return [{**m, "content": defuse_special_tokens(m["content"], specials)}
+            if isinstance(m.get("content"), str) else m for m in messages]
 
 
 def prompt_messages(question: str, *, system: str = "", history: list[dict[str, str]] | None = None,
@@ -50,10 +85,11 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], answer: str,
     The prompt and the answer are tokenised separately (prompt as the engine does
     it, answer as the text the template puts after it) so the boundary is exact.
     """
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False,
+    # "<|im_end|>" typed into an answer would otherwise end the turn where it stands
+    messages = plain_messages(messages + [{"role": "assistant", "content": answer}], tokenizer)
+    prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False,
                                                 add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full_text.startswith(prompt_text):
         raise FormattingError("the chat template renders the conversation differently with "
                               "and without the answer, so the prompt cannot be masked; use a "
