@@ -89,7 +89,8 @@ def with_http_server(config, engine, db, router):
     return server.engine, server
 
 
-def mount_review_site(config, server, db, engine, *, training=None, describe_channel=None):
+def mount_review_site(config, server, db, engine, *, training=None, describe_channel=None,
+                      check_admin=None):
     """The web review page on the HTTP server when `[web] enabled`; its sessions (or None)."""
     if not config.web.enabled:
         return None
@@ -99,7 +100,7 @@ def mount_review_site(config, server, db, engine, *, training=None, describe_cha
     sessions = ReviewSessions.from_config(config.web)
     server.mount(MOUNT_PATH, create_review_app(
         config=config, db=db, sessions=sessions, training=training, promote=engine.promote,
-        describe_channel=describe_channel))
+        describe_channel=describe_channel, check_admin=check_admin))
     return sessions
 
 
@@ -150,7 +151,8 @@ async def run_discord(config, token: str) -> int:
             if server is not None:
                 bot.review_sessions = mount_review_site(
                     config, server, db, engine, training=bot.training,
-                    describe_channel=lambda c: getattr(bot.get_channel(c), "name", None))
+                    describe_channel=lambda c: getattr(bot.get_channel(c), "name", None),
+                    check_admin=bot.still_admin)
             nightly = NightlyTraining(config, db, bot.training)
             try:
                 await bot.login(token)  # a wrong token fails here, before the model loads

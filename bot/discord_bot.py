@@ -15,6 +15,7 @@ from storage import Database
 
 from .config import Config
 from .engine import Engine
+from .permissions import member_is_admin
 from .routing import Router
 from .training import TrainingService
 
@@ -51,6 +52,17 @@ class ChannelBot(commands.Bot):
         self.router = router
         self.training = TrainingService(config, db, engine)
         self.review_sessions = None  # bot.web.ReviewSessions when [web] is enabled
+
+    async def still_admin(self, guild_id: int, user_id: int) -> bool:
+        """Is the user an admin of that server now? (Asked of Discord: no member cache.)"""
+        guild = self.get_guild(guild_id)
+        if guild is None:
+            return False  # the bot left the server
+        try:
+            member = await guild.fetch_member(user_id)
+        except discord.NotFound:
+            return False  # left or was removed
+        return member_is_admin(member, self.config.discord)
 
     async def setup_hook(self) -> None:
         for name in COGS:

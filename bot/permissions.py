@@ -23,10 +23,17 @@ def is_admin(interaction: discord.Interaction, config: DiscordConfig) -> bool:
     user = interaction.user
     if interaction.guild is None or not isinstance(user, discord.Member):
         return False  # no server, no server admin
-    if interaction.permissions.manage_guild:
-        return True
+    return interaction.permissions.manage_guild or has_admin_role(user, config)
+
+
+def has_admin_role(member: discord.Member, config: DiscordConfig) -> bool:
     admin_roles = set(config.admin_role_ids)
-    return any(role.id in admin_roles for role in user.roles)
+    return any(role.id in admin_roles for role in member.roles)
+
+
+def member_is_admin(member: discord.Member, config: DiscordConfig) -> bool:
+    """The same rule outside an interaction (the web page checks it again)."""
+    return member.guild_permissions.manage_guild or has_admin_role(member, config)
 
 
 def admin_only():

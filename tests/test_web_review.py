@@ -21,7 +21,7 @@ from bot.engine import Engine
 from bot.routing import Router
 from bot.training import TrainingBusy
 from bot.web import MOUNT_PATH, ReviewSessions, create_review_app
-from bot.web.sessions import COOKIE_NAME
+from bot.web.sessions import COOKIE_NAME, RIGHTS_RECHECK_S
 from storage import SyncStore
 
 pytest_plugins = ("fake_discord",)
@@ -260,12 +260,13 @@ async def discord_bot(fake_discord, db, make_config):
     config = make_config(f"[discord]\ndev_guild_ids = [{fake_discord.world.guild.id}]\n")
     router = Router(config, db)
     bot = ChannelBot(config, db, Engine(config, router), router)
+    now = [1_000_000.0]
     bot.review_sessions = ReviewSessions(public_url=PUBLIC_URL, link_ttl_s=300,
-                                         session_ttl_s=3600)
+                                         session_ttl_s=3600, clock=lambda: now[0])
     await fake_discord.start_bot(bot)
     w = fake_discord.world
     yield SimpleNamespace(fake=fake_discord, bot=bot, db=db, config=config, admin=w.alice,
-                          bob=w.bob, general=w.general)
+                          bob=w.bob, general=w.general, guild=w.guild, now=now)
     await fake_discord.stop_bots()
 
 
@@ -288,11 +289,23 @@ async def test_only_admins_get_a_sign_in_link(discord_bot):
     # the site the bot serves shares the sessions object with the cog
     root = web.Application()
     root.add_subapp(MOUNT_PATH, create_review_app(config=d.config, db=d.db,
-                                                  sessions=d.bot.review_sessions))
+                                                  sessions=d.bot.review_sessions,
+                                                  check_admin=d.bot.still_admin))
     async with TestClient(TestServer(root, host="127.0.0.1")) as client:
         signed_in = await client.post(_path(link))
         assert signed_in.status == 200
         assert "alice" in await signed_in.text()
+        d.now[0] += RIGHTS_RECHECK_S + 1  # Discord is asked again, and says admin
+        assert (await client.get("/review/pending")).status == 200
+
+        # her admin role is taken away: the session ends at the next check, not in 8 hours
+        await d.fake.set_member_roles(d.guild.id, d.admin.id, [])
+        assert (await client.get("/review/pending")).status == 200  # checked a moment ago
+        d.now[0] += RIGHTS_RECHECK_S + 1
+        ended = await client.get("/review/pending")
+        assert ended.status == 403 and "admin rights in the server were removed" in \
+            await ended.text()
+        assert (await client.get("/review/pending")).status == 401  # signed out for good
     [action] = await d.db.admin_actions()
     assert (action["admin_id"], action["action"]) == (d.admin.id, "sign_in")
 

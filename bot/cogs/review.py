@@ -216,7 +216,8 @@ class Review(SlashCog):
                         "true` and `public_url` in the `[web]` section of config.toml and "
                         "restart the bot.")
             return
-        link = sessions.mint_link(interaction.user.id, str(interaction.user))
+        link = sessions.mint_link(interaction.user.id, str(interaction.user),
+                                  interaction.guild.id if interaction.guild else None)
         minutes = max(1, round(sessions.link_ttl_s / 60))
         log.info("review page sign-in link minted for %d", interaction.user.id)  # not the link
         await reply(interaction, f"Your sign-in link to the review page works once, for "

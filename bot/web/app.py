@@ -25,7 +25,7 @@ from aiohttp import web
 from storage import Database
 
 from ..config import Config
-from .sessions import COOKIE_NAME, Admin, ReviewSessions, Session
+from .sessions import COOKIE_NAME, RIGHTS_RECHECK_S, Admin, ReviewSessions, Session
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class ReviewSite:
     promote: Promote | None = None
     describe_channel: Callable[[int], str | None] | None = None
     event_poll_s: float = 0.5
+    # (guild id, user id) → still an admin there? None: rights are checked at sign-in only
+    check_admin: Callable[[int, int], Awaitable[bool]] | None = None
     followers: set[asyncio.Task] = field(default_factory=set)
     templates: jinja2.Environment = field(init=False)
 
@@ -95,19 +97,21 @@ def admin_of(request: web.Request) -> Admin:
 def create_review_app(*, config: Config, db: Database, sessions: ReviewSessions,
                       training: Any = None, promote: Promote | None = None,
                       describe_channel: Callable[[int], str | None] | None = None,
+                      check_admin: Callable[[int, int], Awaitable[bool]] | None = None,
                       event_poll_s: float = 0.5) -> web.Application:
     """The review site, to mount at `bot.web.MOUNT_PATH` (`/review`).
 
     `training` is the bot's TrainingService (None: runs are listed, not started);
     `promote` is the engine's hot reload, `engine.promote` (None: promotion and
     rollback only change the serving version in storage, and the engine loads it on the
-    next request); `describe_channel` turns a channel id into its name.
+    next request); `describe_channel` turns a channel id into its name; `check_admin`
+    asks Discord whether a user is still an admin of a server (the bot's `still_admin`).
     """
     from . import pairs, runs, versions  # the handlers import this module's helpers
 
     app = web.Application(middlewares=[security_headers, require_session])
     app[SITE] = ReviewSite(config, db, sessions, training, promote, describe_channel,
-                           event_poll_s)
+                           event_poll_s, check_admin)
     add = app.router
     add.add_get("/", home, name="home")
     add.add_get("/signin/{token}", sign_in_form, name="sign_in_form")
@@ -155,6 +159,13 @@ async def require_session(request: web.Request, handler) -> web.StreamResponse:
     if session is None:
         return failure(request, 401, "You are not signed in, or your session has expired. "
                        "Run /review web in Discord for a new sign-in link.", title="Sign in")
+    if not await _still_admin(site, session):
+        site.sessions.end(request.cookies.get(COOKIE_NAME))
+        log.warning("web review: %s (%d) is no longer an admin; their session ended",
+                    session.admin.name, session.admin.id)
+        return failure(request, 403, "Your admin rights in the server were removed (or could "
+                       "not be confirmed), so this session has ended. An admin can run "
+                       "/review web for a new sign-in link.", title="Signed out")
     if request.method not in SAFE_METHODS:
         token = request.headers.get(CSRF_HEADER)
         if token is None and request.content_type in ("application/x-www-form-urlencoded",
@@ -167,6 +178,24 @@ async def require_session(request: web.Request, handler) -> web.StreamResponse:
                            "token, so nothing was changed. Reload the page and try again.")
     request[SESSION] = session
     return await handler(request)
+
+
+async def _still_admin(site: ReviewSite, session: Session) -> bool:
+    """Ask Discord again when the last confirmation is older than RIGHTS_RECHECK_S."""
+    guild_id = session.admin.guild_id
+    if site.check_admin is None or guild_id is None:
+        return True
+    now = site.sessions.clock()
+    if now - session.rights_checked_at < RIGHTS_RECHECK_S:
+        return True
+    try:
+        still = await site.check_admin(guild_id, session.admin.id)
+    except Exception as exc:  # Discord unreachable: refuse rather than trust stale rights
+        log.warning("web review: could not check the rights of %d: %s", session.admin.id, exc)
+        return False
+    if still:
+        session.rights_checked_at = now
+    return still
 
 
 def _route_name(request: web.Request) -> str | None:

@@ -4,8 +4,10 @@ No passwords: `/review web` (admins only) mints a link that works once and expir
 minutes. Opening it starts a server-side session whose random id is the cookie
 (HttpOnly, SameSite=Strict, Secure behind HTTPS); the session carries the admin's
 Discord id, which every action records, and a CSRF token that every state-changing
-request must echo. Only SHA-256 digests of links and session ids are kept, so a
-memory dump or a log line cannot be replayed. Everything lives in memory: a restart
+request must echo. The admin's rights are asked of Discord again at most every
+`RIGHTS_RECHECK_S` seconds while the session lasts: a removed role ends it. Only
+SHA-256 digests of links and session ids are kept, so a memory dump or a log line
+cannot be replayed. Everything lives in memory: a restart
 signs everyone out, and a new `/review web` signs them in again.
 """
 
@@ -24,6 +26,7 @@ SIGN_IN_PATH = "/signin/"
 COOKIE_NAME = "review_session"
 MAX_OPEN_LINKS = 100  # links minted and not used yet; the oldest go first beyond this
 MAX_SESSIONS = 200
+RIGHTS_RECHECK_S = 60.0  # how stale a session's confirmation of admin rights may be
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Admin:
 
     id: int
     name: str
+    guild_id: int | None = None  # where those rights are checked again (None: the console)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Session:
     admin: Admin
     csrf_token: str
     expires_at: float
+    rights_checked_at: float = 0.0  # when the admin's rights were last confirmed
 
 
 def _digest(token: str) -> str:
@@ -80,11 +85,11 @@ class ReviewSessions:
                    clock=clock)
 
     # --- links ------------------------------------------------------------------------
-    def mint_link(self, admin_id: int, admin_name: str) -> str:
-        """A sign-in URL for this admin, valid once for `link_ttl_s` seconds."""
+    def mint_link(self, admin_id: int, admin_name: str, guild_id: int | None = None) -> str:
+        """A sign-in URL for this admin (of `guild_id`), valid once for `link_ttl_s` s."""
         self._prune()
         token = secrets.token_urlsafe(32)
-        self._links[_digest(token)] = (Admin(admin_id, admin_name),
+        self._links[_digest(token)] = (Admin(admin_id, admin_name, guild_id),
                                        self.clock() + self.link_ttl_s)
         while len(self._links) > MAX_OPEN_LINKS:
             self._links.pop(next(iter(self._links)))  # dicts keep minting order
@@ -98,7 +103,8 @@ class ReviewSessions:
         admin, _ = entry
         self._prune()
         session_id = secrets.token_urlsafe(32)
-        session = Session(admin, secrets.token_urlsafe(32), self.clock() + self.session_ttl_s)
+        session = Session(admin, secrets.token_urlsafe(32), self.clock() + self.session_ttl_s,
+                          rights_checked_at=self.clock())
         self._sessions[_digest(session_id)] = session
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.pop(next(iter(self._sessions)))
