@@ -53,7 +53,8 @@ async def test_train_end_to_end_in_a_subprocess(env, tmp_path):
         turn = await db.record_turn(channel_id=1, author_id=2, question="Opening hours?",
                                     answer="dunno", adapter_name="faq")
         await db.cast_vote(turn, 3, 1, min_score=1)
-        await db.decide_review(turn, "approved", reviewer_id=3, edited_answer="9 to 5.")
+        await db.decide_review(turn, "approved", reviewer_id=3, edited_answer="9 to 5.",
+                               also_asked=["When are you open?", "Hours?"])
     data = write_pairs(tmp_path / "pairs.jsonl")
     result = trainer(["train", "--adapter", "faq", "--data", str(data), "--from-db",
                       "--max-steps", "8", "--lora-r", "4", "--events"], env, tmp_path)
@@ -77,6 +78,15 @@ async def test_train_end_to_end_in_a_subprocess(env, tmp_path):
     meta = json.loads((tmp_path / "data" / "adapters" / "faq" / "v1" /
                        "training_meta.json").read_text())
     assert meta["data"]["read"] == 25 and meta["data"]["from_db"]
+    assert meta["data"]["also_asked"] == 2  # the reviewer's two other ways to ask
+    with SyncStore(database) as store:  # one row for the pair, whatever its rewordings
+        rows = store.conn.execute("SELECT turn_id FROM version_pairs").fetchall()
+        assert [tuple(r) for r in rows] == [(turn,)]
+    taught = (tmp_path / "data" / "adapters" / "faq" / "v1" / "taught.jsonl").read_text()
+    asked = {json.loads(line)["question"] for line in taught.splitlines()}
+    held = (tmp_path / "data" / "adapters" / "faq" / "v1" / "held_out.jsonl").read_text()
+    asked |= {json.loads(line)["question"] for line in held.splitlines()}
+    assert {"Opening hours?", "When are you open?", "Hours?"} <= asked
     assert meta["hyperparameters"]["lora_r"] == 4
     assert meta["hyperparameters"]["system_prompt"] == "Answer with a number."
 

@@ -54,6 +54,14 @@ class DataError(ValueError):
 
 
 DB_SOURCE_PREFIX = "db:turn "  # an Example's source when it is an approved pair
+_DB_SOURCE = re.compile(rf"^{re.escape(DB_SOURCE_PREFIX)}(\d+)\b")
+
+
+def source_turn_id(source: str) -> int | None:
+    """The turn id of an approved pair's example ("db:turn 7", or a rewording of it:
+    "db:turn 7 (also asked)"); None for file examples."""
+    match = _DB_SOURCE.match(source or "")
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

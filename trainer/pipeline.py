@@ -33,13 +33,13 @@ from storage.sync import now_text
 
 from . import modeling
 from .data import (
-    DB_SOURCE_PREFIX,
     DataError,
     Example,
     build_splits,
     data_hash,
     load_from_db,
     read_examples,
+    source_turn_id,
     write_jsonl,
 )
 from .distributed import World, process_group
@@ -331,12 +331,13 @@ def _run(config: Any, request: TrainRequest, adapter: str, handoff: Handoff,
 
 def stored_pairs(splits: Any) -> list[tuple[int, str]]:
     """(turn id, split) of the examples that came from the database ("db:turn N")."""
-    pairs = []
+    pairs: dict[int, str] = {}  # a pair's rewordings share its turn (and its split)
     for split in ("train", "validation", "held_out"):
         for source in splits[split]["source"]:
-            if source.startswith(DB_SOURCE_PREFIX):
-                pairs.append((int(source[len(DB_SOURCE_PREFIX):]), split))
-    return pairs
+            turn_id = source_turn_id(source)
+            if turn_id is not None:
+                pairs.setdefault(turn_id, split)
+    return list(pairs.items())
 
 
 def _train(config: Any, store: SyncStore, request: TrainRequest, record: Any, run_id: int,

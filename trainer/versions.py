@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -48,16 +47,13 @@ def forget_turns(adapters_dir: Path, cache_dir: Path, turn_ids: set[int]) -> int
     run. The weights of those versions still hold what they learned. Returns the number
     of rows removed.
     """
-    from .data import DB_SOURCE_PREFIX
-
-    pattern = re.compile(rf"^{re.escape(DB_SOURCE_PREFIX)}(\d+)\b")
+    from .data import source_turn_id
 
     def forgotten(line: str) -> bool:
         try:
-            match = pattern.match(str(json.loads(line).get("source") or ""))
+            return source_turn_id(str(json.loads(line).get("source") or "")) in turn_ids
         except (json.JSONDecodeError, AttributeError):
             return False
-        return match is not None and int(match.group(1)) in turn_ids
 
     removed = 0
     if not turn_ids or not adapters_dir.is_dir():
