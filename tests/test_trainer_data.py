@@ -220,3 +220,22 @@ def test_also_asked_must_be_a_list_of_questions(tmp_path):
     message = str(caught.value)
     assert f"{path}:2: 'also_asked' must be a list of questions" in message
     assert f"{path}:3: 'also_asked' must be a list" in message and f"{path}:1:" not in message
+
+
+def test_a_rewording_never_carries_a_question_across_the_split():
+    pairs = [Example(f"Who makes coffee on day {i}?", "Sam.") for i in range(20)]
+    held = [e for e in pairs if is_held_out(e.question, "cafe", 0.5)]
+    taught = [e for e in pairs if not is_held_out(e.question, "cafe", 0.5)]
+    assert held and len(taught) >= 2
+    examples = [
+        # a reviewer rewords a taught pair as a held-out question, and the other way round
+        Example(taught[0].question, "Sam.", also_asked=[held[0].question, "Who brews?"]),
+        Example(held[0].question, "Sam.", also_asked=[taught[1].question, "Coffee maker?"]),
+        *taught[1:], *held[1:]]
+    splits, counts = build_splits(examples, salt="cafe", held_out_fraction=0.5,
+                                  validation_fraction=0.0, seed=0)
+    train = set(splits["train"]["question"])
+    judged = set(splits["held_out"]["question"])
+    assert not train & judged
+    assert "Who brews?" in train and "Coffee maker?" in judged  # the rest are kept
+    assert counts.also_asked == 2

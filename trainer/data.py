@@ -135,8 +135,9 @@ def example_from_row(row: Any, source: str = "") -> Example:
         return Example(question, _text(row, "answer"), system.strip(), source=source,
                        also_asked=clean_also_asked(row.get("also_asked") or [], question))
     if "prompt" in row or "completion" in row:
-        return Example(_text(row, "prompt"), _text(row, "completion"), system.strip(),
-                       source=source)
+        prompt = _text(row, "prompt")
+        return Example(prompt, _text(row, "completion"), system.strip(), source=source,
+                       also_asked=clean_also_asked(row.get("also_asked") or [], prompt))
     keys = ", ".join(sorted(map(str, row))) or "none"
     raise ValueError(f"unknown shape (keys: {keys}); expected question/answer, "
                      f"prompt/completion or messages")
@@ -387,6 +388,7 @@ def build_splits(examples: list[Example], *, salt: str, held_out_fraction: float
     if not rest:
         raise DataError([f"all {len(unique)} example(s) fell into the held-out set; add more "
                          f"data or lower training.validation_fraction"], header="no training data")
+    rest, held = _rewordings_apart(rest, held)
     train = examples_dataset(rest)
     validation = examples_dataset([])
     if validation_fraction > 0 and len(rest) >= 2:
@@ -394,11 +396,12 @@ def build_splits(examples: list[Example], *, salt: str, held_out_fraction: float
         train, validation = parts["train"], parts["test"]
     # a pair's other ways to ask follow it to its side of the split (a rewording of a
     # held-out question in training would leak the answer the gate measures)
+    pairs = len(train) + len(validation) + len(held)
     train, validation = _with_rewordings(train), _with_rewordings(validation)
-    held = [r for e in held for r in (e, *e.rewordings())]
+    held, _ = deduplicate([r for e in held for r in (e, *e.rewordings())])
     splits = DatasetDict(train=train, validation=validation, held_out=examples_dataset(held))
     counts = SplitCounts(len(examples), duplicates, len(train), len(validation), len(held),
-                         sum(len(e.also_asked) for e in unique))
+                         len(train) + len(validation) + len(held) - pairs)
     return splits, counts
 
 
@@ -419,11 +422,32 @@ def examples_dataset(examples: Sequence[Example]) -> Any:
     return Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
 
 
+def _rewordings_apart(rest: list[Example], held: list[Example],
+                      ) -> tuple[list[Example], list[Example]]:
+    """No question on both sides of the split through a rewording: a held-out pair's
+    rewording that is a training question, and a training pair's rewording that is asked
+    on the held-out side, are left out (else the gate would measure what was taught)."""
+    taught = {normalise(e.question) for e in rest}
+    held = [replace(e, also_asked=[q for q in e.also_asked if normalise(q) not in taught])
+            for e in held]
+    judged = {normalise(q) for e in held for q in (e.question, *e.also_asked)}
+    rest = [replace(e, also_asked=[q for q in e.also_asked if normalise(q) not in judged])
+            for e in rest]
+    return rest, held
+
+
 def _with_rewordings(split: Any) -> Any:
-    """The split with one more row per rewording of each of its pairs."""
+    """The split with one more row per rewording of its pairs (none twice)."""
     from datasets import concatenate_datasets
 
-    added = [r for row in split for r in row_to_example(row).rewordings()]
+    seen = {dedup_key(q, a) for q, a in zip(split["question"], split["answer"], strict=True)}
+    added = []
+    for row in split:
+        for reworded in row_to_example(row).rewordings():
+            key = dedup_key(reworded.question, reworded.answer)
+            if key not in seen:
+                seen.add(key)
+                added.append(reworded)
     return concatenate_datasets([split, examples_dataset(added)]) if added else split
 
 
