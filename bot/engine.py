@@ -265,11 +265,17 @@ class Engine:
                                                        adapter_name=route.key,
                                                        is_trainable=False)
         except Exception as exc:
-            if isinstance(self.model, PeftModel) and route.key in self.model.peft_config:
-                try:  # a half-loaded adapter would stay in memory, unnamed by any route
-                    self.model.delete_adapter(route.key)
-                except Exception:
-                    log.warning("could not remove the half-loaded adapter %s", route.key)
+            # a half-loaded adapter would stay in the model, unnamed by any route (on the
+            # first load PEFT injects into the base model itself before it reads weights
+            # that may not fit it, e.g. an adapter of another base model)
+            try:
+                if isinstance(self.model, PeftModel):
+                    if route.key in self.model.peft_config:
+                        self.model.delete_adapter(route.key)
+                else:
+                    _strip_lora_layers(self.model)
+            except Exception:
+                log.exception("could not remove the half-loaded adapter %s", route.key)
             raise AdapterLoadError(f"adapter {route.adapter} v{route.version} at {route.path} "
                                    f"could not be loaded ({exc}); roll back with "
                                    f"/adapter rollback {route.adapter}") from exc
@@ -371,6 +377,21 @@ class Engine:
         # evict against the whole batch's needs, now that all of it is loaded
         self._ensure_loaded([job.route for job in jobs if job not in failed])
         return failed
+
+
+def _strip_lora_layers(model: Any) -> None:
+    """Put every injected tuner layer's base layer back: the plain model again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import _get_submodules
+
+    names = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name in names:
+        parent, layer, attribute = _get_submodules(model, name)
+        setattr(parent, attribute, layer.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    if names:
+        log.warning("removed %d half-injected adapter layers from the base model", len(names))
 
 
 def check_adapter_files(path: Any) -> None:

@@ -151,8 +151,19 @@ def corrupt_truncated(directory):
     weights.write_bytes(weights.read_bytes()[:200])
 
 
+def corrupt_shapes(directory):
+    """Readable weights that do not fit the model (another base model's adapter)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = directory / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: torch.zeros(v.shape[0] + 3, *v.shape[1:]) for k, v in tensors.items()},
+              weights)
+
+
 CORRUPTIONS = {"missing weights": corrupt_missing, "garbage weights": corrupt_garbage,
-               "truncated weights": corrupt_truncated}
+               "truncated weights": corrupt_truncated, "another model's shapes": corrupt_shapes}
 
 
 async def test_bad_adapter_names_and_corrupt_adapter_directories(world, caplog):
