@@ -219,9 +219,10 @@ class TrainingConfig:
                                       "has 40 questions (2.5 points each) and any retraining "
                                       "flips two or three either way, so 0.05 allows two "
                                       "more lost than gained.", min=0.0, max=1.0)
-    max_leakage: float = setting(0.025, "Largest share of unrelated prompts (the open "
-                                 "prompts and the general-QA questions) whose answer carries "
-                                 "words only the taught answers use.", min=0.0, max=1.0)
+    max_leakage: float = setting(0.025, "Largest share of unrelated prompts whose answer "
+                                 "carries words only the taught answers use, in each canary "
+                                 "set (the open prompts, the general-QA questions).",
+                                 min=0.0, max=1.0)
     max_perplexity_rise: float = setting(0.3, "Largest relative rise in general-text "
                                          "perplexity over the base model.", min=0.0, max=100.0)
     min_recall: float = setting(0.8, "Smallest share of taught questions (a sample of all the "

@@ -10,8 +10,8 @@ sets that are neither training nor replay data and ship with the project
   may fall at most `training.max_general_drop` below the base model's;
 - leakage: answers to unrelated open prompts and to the general-QA questions
   may not contain the adapter's distinctive taught terms where the base answer
-  to the same prompt did not;
-  the share of such answers must stay at most `training.max_leakage`. A term is
+  to the same prompt did not; the share of such answers, in each of the two
+  sets, must stay at most `training.max_leakage`. A term is
   a word of the training answers that the base model never produces on these
   sets and that is not everyday vocabulary (names, invented words, times:
   "Pemberton", "10:45"), or a pair of adjacent content words of an answer that

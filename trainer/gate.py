@@ -233,8 +233,16 @@ class _Bench:
                                                    everyday_words(self.tokenizer))
                 else:
                     assert self.base_answers is not None, "measure the base model first"
-                    result.leakage, result.leaks = leakage(answers, self.base_answers,
-                                                           self.terms)
+                    # each set against the limit on its own (one leak in 40 prompts is
+                    # 2.5% whether or not the questions leak too); the larger share counts
+                    n = len(canaries.questions)
+                    qa_rate, qa_leaks = leakage(answers[:n], self.base_answers[:n],
+                                                self.terms)
+                    open_rate, open_leaks = leakage(answers[n:], self.base_answers[n:],
+                                                    self.terms)
+                    result.leakage = max(qa_rate, open_rate)
+                    result.leaks = qa_leaks + [{**leak, "index": leak["index"] + n}
+                                               for leak in open_leaks]
                 result.text_perplexity = text_perplexity(
                     model, self.tokenizer, canaries.texts, device=self.placement.device,
                     autocast_dtype=self.autocast)
