@@ -466,7 +466,9 @@ async def test_forget_deletes_the_users_rows(world):
                                         user_id=s.carol.id)
     await confirm.wait_response()
     assert "Deleted 1 of your questions" in forget.original_message.content
-    assert "removed from 3 stored training record(s)" in forget.original_message.content
+    await confirm.wait_for_response("followup", predicate=lambda r: "record" in r.content)
+    [followup] = confirm.followups
+    assert "removed from 3 stored training record(s)" in followup.content and followup.ephemeral
     for name in rows:  # only the other person's rows are left
         left = [json.loads(line)["source"] for line in (version / name).read_text().splitlines()]
         assert left == [f"db:turn {theirs_turn.id}"], name

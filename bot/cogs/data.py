@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from dataclasses import asdict
 
 import discord
@@ -14,6 +15,8 @@ from trainer.versions import forget_turns
 
 from ..permissions import admin_only
 from ._common import SlashCog, adapter_names, reply
+
+log = logging.getLogger(__name__)
 
 
 class ConfirmForget(discord.ui.View):
@@ -35,15 +38,26 @@ class ConfirmForget(discord.ui.View):
         counts = await self.cog.db.forget_user(self.user_id,
                                                min_score=config.feedback.min_score)
         self.stop()
-        # trained versions keep lists of what they were taught and judged on: cleaned too
-        removed = await asyncio.to_thread(forget_turns, config.adapters_dir,
-                                          config.data_dir / "cache", set(counts["turn_ids"]))
-        files = (f" They were also removed from {removed} stored training record(s)."
-                 if removed else "")
         await interaction.response.edit_message(
             content=f"Deleted {counts['turns']} of your questions (with the bot's answers to "
                     f"them) and {counts['votes']} of your votes. They will not train any "
-                    f"future version.{files}", view=None)
+                    f"future version.", view=None)
+        # trained versions keep lists of what they were taught and judged on: cleaned after
+        # the reply (many versions take longer than Discord waits for one)
+        try:
+            removed = await asyncio.to_thread(forget_turns, config.adapters_dir,
+                                              config.data_dir / "cache",
+                                              set(counts["turn_ids"]))
+        except OSError:
+            log.exception("/forget: the versions' question lists could not be cleaned")
+            await interaction.followup.send(
+                "Your questions could not be removed from the stored training records; the "
+                "admins have the error in the log.", ephemeral=True)
+            return
+        if removed:
+            await interaction.followup.send(
+                f"They were also removed from {removed} stored training record(s).",
+                ephemeral=True)
 
     @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary,
                        custom_id="forget:cancel")
