@@ -47,6 +47,9 @@ async def until_terminated(work) -> int:
     terminated = asyncio.Event()
 
     def terminate() -> None:
+        if terminated.is_set():  # a second SIGTERM must not cut the shutdown short
+            log.info("SIGTERM again: still shutting down")
+            return
         log.info("SIGTERM: shutting down")
         terminated.set()
         task.cancel()

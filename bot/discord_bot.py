@@ -53,15 +53,19 @@ class ChannelBot(commands.Bot):
         self.training = TrainingService(config, db, engine)
         self.review_sessions = None  # bot.web.ReviewSessions when [web] is enabled
 
-    async def still_admin(self, guild_id: int, user_id: int) -> bool:
-        """Is the user an admin of that server now? (Asked of Discord: no member cache.)"""
+    async def still_admin(self, guild_id: int, user_id: int) -> bool | None:
+        """Is the user an admin of that server now? (Asked of Discord: no member cache.)
+        None when Discord cannot tell just now (reconnecting, an HTTP error)."""
         guild = self.get_guild(guild_id)
         if guild is None:
-            return False  # the bot left the server
+            return None if not self.is_ready() else False  # cache rebuilding, or bot left
         try:
             member = await guild.fetch_member(user_id)
         except discord.NotFound:
             return False  # left or was removed
+        except discord.HTTPException as exc:
+            log.warning("could not ask Discord about member %d: %s", user_id, exc)
+            return None
         return member_is_admin(member, self.config.discord)
 
     async def setup_hook(self) -> None:

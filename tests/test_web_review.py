@@ -49,8 +49,9 @@ class Site:
         self.client = TestClient(TestServer(root, host="127.0.0.1"))
         self.csrf = ""
 
-    async def sign_in(self, admin_id: int = ADMIN_ID, name: str = "alice") -> str:
-        link = self.sessions.mint_link(admin_id, name)
+    async def sign_in(self, admin_id: int = ADMIN_ID, name: str = "alice",
+                      guild_id: int | None = None) -> str:
+        link = self.sessions.mint_link(admin_id, name, guild_id)
         response = await self.client.post(_path(link), allow_redirects=False)
         assert response.status == 303, await response.text()
         page = await self.client.get(response.headers["Location"])
@@ -238,6 +239,23 @@ async def test_state_changes_without_the_csrf_token_are_refused(site, path, data
         [dict(r) for r in before]
     assert (await s.db.serving_version("faq")).version == 1
     assert (await s.client.get("/review/pending")).status == 200  # still signed in
+
+
+async def test_discord_that_cannot_tell_neither_signs_out_nor_lets_through(site):
+    answers = []
+
+    async def check_admin(guild_id: int, user_id: int) -> bool | None:
+        return answers.pop(0)
+
+    clock = FakeClock()
+    s = await site(clock=clock, check_admin=check_admin)
+    await s.sign_in(guild_id=77)
+    clock.now += RIGHTS_RECHECK_S + 1
+    answers[:] = [None, True]  # reconnecting: cannot tell; then it can again
+    unsure = await s.client.get("/review/pending")
+    assert unsure.status == 503 and "could not be confirmed" in await unsure.text()
+    assert (await s.client.get("/review/pending")).status == 200  # still signed in
+    assert answers == []
 
 
 async def test_pages_escape_what_users_wrote(site):

@@ -59,7 +59,7 @@ class ReviewSite:
     describe_channel: Callable[[int], str | None] | None = None
     event_poll_s: float = 0.5
     # (guild id, user id) → still an admin there? None: rights are checked at sign-in only
-    check_admin: Callable[[int, int], Awaitable[bool]] | None = None
+    check_admin: Callable[[int, int], Awaitable[bool | None]] | None = None
     followers: set[asyncio.Task] = field(default_factory=set)
     templates: jinja2.Environment = field(init=False)
 
@@ -97,7 +97,7 @@ def admin_of(request: web.Request) -> Admin:
 def create_review_app(*, config: Config, db: Database, sessions: ReviewSessions,
                       training: Any = None, promote: Promote | None = None,
                       describe_channel: Callable[[int], str | None] | None = None,
-                      check_admin: Callable[[int, int], Awaitable[bool]] | None = None,
+                      check_admin: Callable[[int, int], Awaitable[bool | None]] | None = None,
                       event_poll_s: float = 0.5) -> web.Application:
     """The review site, to mount at `bot.web.MOUNT_PATH` (`/review`).
 
@@ -159,13 +159,17 @@ async def require_session(request: web.Request, handler) -> web.StreamResponse:
     if session is None:
         return failure(request, 401, "You are not signed in, or your session has expired. "
                        "Run /review web in Discord for a new sign-in link.", title="Sign in")
-    if not await _still_admin(site, session):
+    still = await _still_admin(site, session)
+    if still is None:  # Discord could not say: neither trust the old answer nor sign out
+        return failure(request, 503, "Your admin rights could not be confirmed with Discord "
+                       "just now; nothing was changed. Try again in a moment.")
+    if not still:
         site.sessions.end(request.cookies.get(COOKIE_NAME))
         log.warning("web review: %s (%d) is no longer an admin; their session ended",
                     session.admin.name, session.admin.id)
-        return failure(request, 403, "Your admin rights in the server were removed (or could "
-                       "not be confirmed), so this session has ended. An admin can run "
-                       "/review web for a new sign-in link.", title="Signed out")
+        return failure(request, 403, "Your admin rights in the server were removed, so this "
+                       "session has ended. An admin can run /review web for a new sign-in "
+                       "link.", title="Signed out")
     if request.method not in SAFE_METHODS:
         token = request.headers.get(CSRF_HEADER)
         if token is None and request.content_type in ("application/x-www-form-urlencoded",
@@ -180,8 +184,9 @@ async def require_session(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
-async def _still_admin(site: ReviewSite, session: Session) -> bool:
-    """Ask Discord again when the last confirmation is older than RIGHTS_RECHECK_S."""
+async def _still_admin(site: ReviewSite, session: Session) -> bool | None:
+    """Ask Discord again when the last confirmation is older than RIGHTS_RECHECK_S;
+    None when it cannot tell just now."""
     guild_id = session.admin.guild_id
     if site.check_admin is None or guild_id is None:
         return True
@@ -190,9 +195,9 @@ async def _still_admin(site: ReviewSite, session: Session) -> bool:
         return True
     try:
         still = await site.check_admin(guild_id, session.admin.id)
-    except Exception as exc:  # Discord unreachable: refuse rather than trust stale rights
+    except Exception as exc:
         log.warning("web review: could not check the rights of %d: %s", session.admin.id, exc)
-        return False
+        return None
     if still:
         session.rights_checked_at = now
     return still
