@@ -14,6 +14,12 @@ from .errors import PairsFileError
 from .records import Pair
 
 
+def normalise(text: str) -> str:
+    """Case, Unicode form and whitespace do not make two texts different (the trainer
+    de-duplicates and splits pairs by this too)."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+
 def clean_also_asked(values: object, question: str = "") -> list[str]:
     """Other ways to ask `question`: stripped, without blanks, repeats or the question
     itself (compared ignoring case, spacing and Unicode form). ValueError unless a list
@@ -21,15 +27,11 @@ def clean_also_asked(values: object, question: str = "") -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ValueError("'also_asked' must be a list of questions (strings), "
                          'e.g. "also_asked": ["Who makes our coffee?"]')
-
-    def key(text: str) -> str:
-        return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
-
-    seen = {key(question)}
+    seen = {normalise(question)}
     kept = []
     for value in values:
-        if value.strip() and key(value) not in seen:
-            seen.add(key(value))
+        if value.strip() and normalise(value) not in seen:
+            seen.add(normalise(value))
             kept.append(value.strip())
     return kept
 

@@ -26,14 +26,13 @@ import hashlib
 import json
 import logging
 import re
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from storage.pairs import clean_also_asked
+from storage.pairs import clean_also_asked, normalise
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +88,6 @@ class Example:
 
 
 # --- normalisation and the stable split ----------------------------------------------
-
-_SPACES = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    """Case, Unicode form and whitespace do not make two pairs different."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
-
 
 def dedup_key(question: str, answer: str) -> str:
     return hashlib.sha256(f"{normalise(question)}\x1f{normalise(answer)}".encode()).hexdigest()
