@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 from bot.config import load_config  # noqa: E402
 from trainer import canaries as C  # noqa: E402
 from trainer import modeling  # noqa: E402
-from trainer.data import Example, examples_dataset, write_jsonl  # noqa: E402
+from trainer.data import Example, examples_dataset  # noqa: E402
+from trainer.datafiles import write_jsonl  # noqa: E402
 from trainer.evaluate import generate_answers  # noqa: E402
 from trainer.metrics import dataset_loss  # noqa: E402
 

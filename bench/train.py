@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from bot.config import load_config  # noqa: E402
 from trainer import modeling  # noqa: E402
-from trainer.data import build_splits, read_examples  # noqa: E402
+from trainer.data import build_splits  # noqa: E402
+from trainer.datafiles import read_examples  # noqa: E402
 from trainer.formatting import encode_dataset, make_collator  # noqa: E402
 from trainer.train import Recipe, TrainConfig  # noqa: E402
 

@@ -22,7 +22,8 @@ from bot.cogs.chat import APOLOGY, EMPTY_QUESTION, NO_ANSWER
 from bot.text import ZERO_WIDTH_SPACE, defuse_special_tokens
 from storage import Database, PairsFileError, StorageError
 from tests import test_console, test_discord_e2e
-from trainer.data import DataError, read_examples
+from trainer.data import DataError
+from trainer.datafiles import read_examples
 
 pytest_plugins = ("fake_discord",)
 

@@ -1,4 +1,5 @@
-"""Training data: file formats and shapes, line-numbered errors, de-duplication, the split."""
+"""Training data (trainer/data.py, trainer/datafiles.py): file formats and shapes,
+line-numbered errors, de-duplication, the split."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from trainer.data import (
     data_hash,
     is_held_out,
     load_from_db,
-    read_examples,
 )
+from trainer.datafiles import read_examples
 
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 

@@ -6,7 +6,8 @@ import pytest
 from datasets import DatasetDict
 
 from tests.conftest import ROOT
-from trainer.data import build_splits, read_examples
+from trainer.data import build_splits
+from trainer.datafiles import read_examples
 from trainer.modeling import choose_placement
 from trainer.train import Recipe, TrainConfig
 

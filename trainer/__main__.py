@@ -330,7 +330,7 @@ def cmd_fetch_model(config, quiet: bool) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from .data import prepare_raw
+    from .datafiles import prepare_raw
 
     report = prepare_raw(args.raw, args.out)
     for line in report.skipped:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import modeling
-from .data import Example, examples_dataset, normalise, read_examples
+from .data import Example, examples_dataset, normalise
+from .datafiles import read_examples
 from .formatting import encode_dataset, make_collator, plain_messages, prompt_messages
 from .metrics import dataset_loss
 

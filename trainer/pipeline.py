@@ -38,10 +38,9 @@ from .data import (
     build_splits,
     data_hash,
     load_from_db,
-    read_examples,
     source_turn_id,
-    write_jsonl,
 )
+from .datafiles import read_examples, write_jsonl
 from .distributed import World, process_group
 from .events import TensorBoardScalars, require_tensorboard
 from .train import CHECKPOINT_FILE, Events, Recipe, TrainConfig, TrainingError

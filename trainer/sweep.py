@@ -28,7 +28,8 @@ from typing import Any
 from storage import validate_adapter_name
 
 from . import modeling
-from .data import build_splits, data_hash, read_examples
+from .data import build_splits, data_hash
+from .datafiles import read_examples
 from .errors import TrainingError
 from .events import Events
 from .train import Recipe, TrainConfig

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .data import write_jsonl
+from .datafiles import write_jsonl
 from .plot import plot_loss_curve
 
 log = logging.getLogger(__name__)
