@@ -47,6 +47,14 @@ HELP = """Type a question and press Enter. Commands:
   /quit                       leave (end of input does the same)"""
 
 
+def pair_id(text: str) -> int:
+    """The ID argument of /review; ValueError (shown as an error line) says what to type."""
+    if not text.lstrip("#").isdigit():
+        raise ValueError(f"{text!r} is not a pair number: /review shows the next pair with "
+                         f"its number (#12), e.g. /review approve 12")
+    return int(text.lstrip("#"))
+
+
 class ConsoleChat:
     def __init__(self, config: Config, engine: Engine, db: Database,
                  stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout):
@@ -247,7 +255,7 @@ class ConsoleChat:
                      f" | /review also {item.turn.id} QUESTION")
             return
         if action in ("approve", "reject"):
-            turn_id = int(args[1]) if len(args) > 1 else self.shown_review
+            turn_id = pair_id(args[1]) if len(args) > 1 else self.shown_review
             if turn_id is None:
                 self.say("which pair? /review shows the next one")
                 return
@@ -255,11 +263,11 @@ class ConsoleChat:
             await self.db.decide_review(turn_id, status, reviewer_id=CONSOLE_USER_ID)
             self.say(f"#{turn_id} {status}")
         elif action == "edit" and len(args) >= 3:
-            await self.db.decide_review(int(args[1]), "approved", reviewer_id=CONSOLE_USER_ID,
+            await self.db.decide_review(pair_id(args[1]), "approved", reviewer_id=CONSOLE_USER_ID,
                                         edited_answer=" ".join(args[2:]))
             self.say(f"#{args[1]} approved with your answer")
         elif action == "also" and len(args) >= 3:
-            item = await self.db.get_review(int(args[1]))
+            item = await self.db.get_review(pair_id(args[1]))
             if item is None:
                 self.say(f"#{args[1]} is not a review candidate; /review shows the next one")
                 return

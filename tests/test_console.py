@@ -45,9 +45,11 @@ async def test_ask_vote_review_round_trip(console):
     assert pair.question == "What is two plus two?"
     assert "approved 1" in out
     out = await run("/review also 1 How much is 2 + 2?\n/review also 1 how much is 2 + 2?\n"
-                    "/review also 9 Nothing?\n")
+                    "/review also 9 Nothing?\n/review also x What?\n/review approve #1\n")
     assert "#1 approved; also asked as: How much is 2 + 2?" in out
     assert "#9 is not a review candidate" in out
+    assert "error: 'x' is not a pair number: /review shows the next pair" in out
+    assert "#1 approved" in out.split("is not a pair number")[1]  # "#1" as shown works too
     [pair] = await db.approved_pairs()
     assert pair.also_asked == ["How much is 2 + 2?"]  # a repeat (any case) is kept once
 
