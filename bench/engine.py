@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.config import load_config  # noqa: E402
 from bot.engine import Engine, GenerationRequest, Sampling  # noqa: E402
 from bot.routing import Router  # noqa: E402
+from settings import load_config  # noqa: E402
 from storage import Database  # noqa: E402
 from trainer import modeling  # noqa: E402
 
@@ -84,7 +84,7 @@ async def main_async(args) -> None:
         tmp = Path(tmp)
         adapters_root = tmp / "adapters"
         paths = make_adapters(source, adapters_root, 5)
-        from bot.config import parse_config
+        from settings import parse_config
 
         config = parse_config(
             f'[storage]\ndata_dir = "{tmp.as_posix()}"\nadapters_dir = "adapters"\n'

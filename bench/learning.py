@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.config import load_config  # noqa: E402
+from settings import load_config  # noqa: E402
 from trainer import canaries as C  # noqa: E402
 from trainer import modeling  # noqa: E402
 from trainer.data import Example, examples_dataset  # noqa: E402

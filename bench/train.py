@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.config import load_config  # noqa: E402
+from settings import load_config  # noqa: E402
 from trainer import modeling  # noqa: E402
 from trainer.data import build_splits  # noqa: E402
 from trainer.datafiles import read_examples  # noqa: E402

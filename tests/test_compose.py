@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bot.config import parse_config
+from settings import parse_config
 from tests.conftest import ROOT
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with transformers; pip install pyyaml")

@@ -9,9 +9,9 @@ import tomllib
 
 import pytest
 
-from bot import config as cfg
-from bot.config import ConfigError, discord_token, load_config, parse_config
-from bot.logs import REDACTED, register_secret
+import settings as cfg
+from settings import ConfigError, discord_token, load_config, parse_config
+from settings.logs import REDACTED, register_secret
 from tests.conftest import ROOT
 
 BAD_VALUES = [
@@ -169,7 +169,7 @@ def test_configuration_reference_is_current():
 
 
 def test_dumped_settings_load_back_identically(tmp_path):
-    from bot.config import dump_toml
+    from settings import dump_toml
 
     original = parse_config('[discord]\nchannel_answer_mode = { "42" = "all" }\n'
                             'channel_system_prompt = { "7" = "Say \\"hi\\" — ünïcode" }\n'

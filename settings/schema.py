@@ -1,53 +1,18 @@
-"""Settings: `config.toml` loaded once into typed, validated, frozen dataclasses.
-
-Every key is declared here with its type, default, allowed range and a help
-text; `config.toml` repeats them with comments. Unknown keys, wrong types and
-out-of-range values are refused at start with the file, the line and what is
-allowed. Environment variables ``BOT_<SECTION>_<KEY>`` override the file
-(``BOT_ENGINE_MAX_NEW_TOKENS=64``); their values are parsed as TOML values,
-falling back to a plain string. Secrets never live here: the Discord token is
-read from ``DISCORD_TOKEN`` only (see :func:`discord_token`).
+"""What can be set: every key of `config.toml` with its type, default, allowed range and
+help text, as typed, frozen dataclasses. Loading and checking live in `settings.loading`;
+the rendered reference (docs/configuration.md) in `settings.reference`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import re
-import sys
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from .config_checks import (
-    KeyLocator,
-    did_you_mean,
-    field_types,
-    parse_env_value,
-    range_text,
-    validate,
-)
 
 ENV_PREFIX = "BOT_"
 CONFIG_ENV = "BOT_CONFIG"
 TOKEN_ENV = "DISCORD_TOKEN"
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
-
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message names the file, line, key and the fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = sorted(problems, key=_line_of)  # in file order; env and others last
-        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
-
-
-def _line_of(problem: str) -> int:
-    match = re.match(r"^[^\n]*?:(\d+):", problem)
-    return int(match.group(1)) if match else 1 << 30
 
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -357,161 +322,3 @@ class Config:
 
     def answer_mode_for(self, channel_id: int) -> str:
         return self.discord.channel_answer_mode.get(str(channel_id), self.discord.answer_mode)
-
-
-def discord_token(environ: Mapping[str, str] | None = None) -> str | None:
-    """The bot token, from the environment only; None when unset or blank."""
-    value = (environ if environ is not None else os.environ).get(TOKEN_ENV, "").strip()
-    return value or None
-
-
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    env = environ if environ is not None else os.environ
-    return Path(env.get(CONFIG_ENV) or "config.toml")
-
-
-def load_config(path: str | os.PathLike[str] | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
-    """Read, override from the environment, and validate. Raises ConfigError."""
-    env = dict(os.environ if environ is None else environ)
-    config_path = Path(path) if path is not None else default_config_path(env)
-    if config_path.exists():
-        text = config_path.read_text(encoding="utf-8")
-    elif path is None and CONFIG_ENV not in env:
-        text = ""  # no config file at all: every default applies
-    else:
-        raise ConfigError([f"{config_path}: file not found (set {CONFIG_ENV} or pass --config)"])
-    return parse_config(text, source=str(config_path), base_dir=config_path.parent, environ=env)
-
-
-def load_config_or_exit(path: str | os.PathLike[str] | None) -> Config:
-    """For command lines: the config, or the problems on stderr and exit status 2."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def parse_config(text: str, *, source: str = "config.toml", base_dir: Path | None = None,
-                 environ: Mapping[str, str] | None = None) -> Config:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
-    locate = KeyLocator(text, source)
-    problems: list[str] = []
-    values: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
-
-    for section, body in raw.items():
-        if section not in SECTIONS:
-            problems.append(f"{locate.section(section)}: unknown section [{section}]"
-                            f"{did_you_mean(section, SECTIONS)}")
-            continue
-        if not isinstance(body, dict):
-            problems.append(f"{locate.key(None, section)}: '{section}' must be a [table]")
-            continue
-        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-        for key, value in body.items():
-            where = locate.key(section, key)
-            if section == "discord" and key == "token":
-                problems.append(f"{where}: the Discord token is read only from the "
-                                f"{TOKEN_ENV} environment variable; remove it from the file")
-            elif key not in known:
-                problems.append(f"{where}: unknown key [{section}] {key}"
-                                f"{did_you_mean(key, known)}")
-            else:
-                values[section][key] = (value, where)
-
-    for name, value in (environ or {}).items():
-        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, HTTP_TOKEN_ENV):
-            continue  # (the HTTP token is a secret, not a setting)
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
-        if section not in SECTIONS:
-            continue  # BOT_* variables of other tools are not ours to refuse
-        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-        if key not in known:
-            problems.append(f"environment variable {name}: unknown key [{section}] {key}"
-                            f"{did_you_mean(key, known)}")
-            continue
-        values[section][key] = (parse_env_value(value), f"environment variable {name}")
-
-    sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in values[section]:
-                continue
-            value, where = values[section][f.name]
-            checked, problem = validate(value, f, field_types(cls)[f.name])
-            if problem:
-                problems.append(f"{where}: [{section}] {f.name} = {value!r}: {problem}")
-            else:
-                kwargs[f.name] = checked
-        sections[section] = cls(**kwargs)
-    if problems:
-        raise ConfigError(problems)
-    return Config(base_dir=(base_dir or Path.cwd()), source=source, **sections)
-
-
-def dump_toml(config: Config) -> str:
-    """The effective settings as TOML, paths made absolute: what a child process (the
-    trainer) must see to work on the same database, adapters and model."""
-    lines = [f"# effective settings of a running bot (from {config.source})"]
-    for section in SECTIONS:
-        lines.append(f"\n[{section}]")
-        for key, value in dataclasses.asdict(getattr(config, section)).items():
-            if (section, key) == ("storage", "data_dir"):
-                value = str(config.data_dir)
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def describe_settings() -> list[tuple[str, str, Any, str]]:
-    """(section, key, default, help) for every setting, for docs and `--help`."""
-    rows = []
-    for section, cls in SECTIONS.items():
-        defaults = cls()
-        for f in dataclasses.fields(cls):
-            rows.append((section, f.name, getattr(defaults, f.name), f.metadata["help"]))
-    return rows
-
-
-def settings_markdown() -> str:
-    """Every setting as a Markdown table (docs/configuration.md is this text)."""
-    lines = ["# Configuration reference", "",
-             "Generated by `python -m bot settings` from the declarations in `bot/config.py`; "
-             "`config.toml` lists the same keys with their defaults.", "",
-             f"Every key can be overridden from the environment as `{ENV_PREFIX}<SECTION>_<KEY>` "
-             f"(upper case), e.g. `{ENV_PREFIX}ENGINE_MAX_NEW_TOKENS=64`; values are read as TOML "
-             "(`[1, 2]`, `true`, `0.5`), anything else as a string. The Discord token is read only "
-             f"from `{TOKEN_ENV}`.", ""]
-    section = None
-    for name, key, default, help_text in describe_settings():
-        if name != section:
-            lines += ["", f"## [{name}]", "", "| key | default | meaning |", "|---|---|---|"]
-            section = name
-        meta = {f.name: f.metadata for f in dataclasses.fields(SECTIONS[name])}[key]
-        allowed = ""
-        if meta.get("choices"):
-            allowed = " One of " + ", ".join(f"`{c}`" for c in meta["choices"]) + "."
-        elif meta.get("min") is not None or meta.get("max") is not None:
-            allowed = f" Allowed: {range_text(meta.get('min'), meta.get('max'))}."
-        shown = json.dumps(default, ensure_ascii=False)
-        lines.append(f"| `{key}` | `{shown}` | {help_text}{allowed} |")
-    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
