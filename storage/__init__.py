@@ -16,7 +16,7 @@ from .errors import (
     UnknownVersionError,
 )
 from .migrations import latest_version
-from .pairs import read_pairs_jsonl, write_pairs_jsonl
+from .pairs import pairs_jsonl, read_pairs_jsonl, write_pairs_jsonl
 from .records import (
     BASE_ADAPTER,
     Adapter,
@@ -27,6 +27,7 @@ from .records import (
     TrainingRun,
     Turn,
     VoteResult,
+    previous_version,
     validate_adapter_name,
 )
 from .sync import SyncStore
@@ -36,5 +37,6 @@ __all__ = [
     "InvalidAdapterNameError", "MigrationError", "Pair", "PairsFileError", "ResolvedAdapter",
     "ReviewItem", "SchemaTooNewError", "StorageError", "SyncStore", "TrainingRun", "Turn",
     "UnknownAdapterError", "UnknownVersionError", "VoteResult", "latest_version",
-    "read_pairs_jsonl", "validate_adapter_name", "write_pairs_jsonl",
+    "previous_version",
+    "pairs_jsonl", "read_pairs_jsonl", "validate_adapter_name", "write_pairs_jsonl",
 ]

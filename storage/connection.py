@@ -1,8 +1,10 @@
-"""Opening the database file: pragmas, integrity of the file, migrations."""
+"""Opening the database file: pragmas, integrity of the file, migrations; transactions."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import StorageError
@@ -24,12 +26,17 @@ def connect_sync(path: str | Path, busy_timeout_ms: int = 5000) -> sqlite3.Conne
                            check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
-        configure(conn, busy_timeout_ms, label=str(path))
-        apply_migrations(conn, label=str(path))
+        prepare(conn, busy_timeout_ms, label=str(path))
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def prepare(conn: sqlite3.Connection, busy_timeout_ms: int, label: str) -> None:
+    """What every connection does before its first use: pragmas, then migrations."""
+    configure(conn, busy_timeout_ms, label)
+    apply_migrations(conn, label)
 
 
 def configure(conn: sqlite3.Connection, busy_timeout_ms: int, label: str) -> None:
@@ -39,6 +46,31 @@ def configure(conn: sqlite3.Connection, busy_timeout_ms: int, label: str) -> Non
             conn.execute(pragma)
     except sqlite3.DatabaseError as exc:
         raise describe_error(exc, label) from exc
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One IMMEDIATE transaction (it takes the write lock at once, so it never fails half
+    way for a lock): committed when the block ends, rolled back when it raises."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:  # another process held the lock past busy_timeout
+        raise describe_error(exc, database_file(conn)) from exc
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:  # the block failed, or COMMIT itself did
+        if conn.in_transaction:  # SQLite rolls some failures back by itself
+            conn.execute("ROLLBACK")
+        raise
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file of the connection's main database, for messages."""
+    for row in conn.execute("PRAGMA database_list"):
+        if row[1] == "main":
+            return row[2] or ":memory:"
+    return "(unknown)"
 
 
 def describe_error(exc: sqlite3.Error, label: str) -> StorageError:

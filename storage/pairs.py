@@ -1,16 +1,20 @@
-"""Approved pairs as JSONL: one object per line, UTF-8, written atomically."""
+"""Approved pairs as JSONL: one object per line, UTF-8, written atomically.
+
+The one pair format of the project: `/export` and the web page's download
+(`pairs_jsonl`), `Database.export_approved` (`write_pairs_jsonl`) and imports
+(`read_pairs_jsonl`) all go through here.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from .errors import PairsFileError
+from .jsonl import json_line, jsonl_rows, parse_rows, problem_listing, write_jsonl
 from .records import Pair
 
 
@@ -36,55 +40,33 @@ def clean_also_asked(values: object, question: str = "") -> list[str]:
     return kept
 
 
+def pair_jsonl_line(pair: Pair) -> str:
+    """One pair as the export's line: every field, UTF-8 kept as is."""
+    return json_line(asdict(pair))
+
+
+def pairs_jsonl(pairs: Iterable[Pair]) -> bytes:
+    """The export file's bytes (`/export`, the web page's download)."""
+    return "".join(map(pair_jsonl_line, pairs)).encode("utf-8")
+
+
 def write_pairs_jsonl(pairs: Iterable[Pair], path: str | Path) -> int:
     """Write to a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for pair in pairs:
-                out.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
-                count += 1
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
+    return write_jsonl((asdict(pair) for pair in pairs), path)
 
 
 def read_pairs_jsonl(path: str | Path, default_adapter: str | None = None) -> list[Pair]:
     """Read pairs; every bad line is reported with its number, all at once."""
     path = Path(path)
-    pairs, problems = [], []
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    pairs.append(_pair_from_line(line, default_adapter))
-                except ValueError as exc:
-                    problems.append(f"{path}:{number}: {exc}")
-    except UnicodeDecodeError as exc:
-        problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                        f"save it as UTF-8")
+    pairs, problems = parse_rows(path, jsonl_rows,
+                                 lambda row, _number: pair_from_row(row, default_adapter))
     if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"]
-                                 if len(problems) > 20 else [])
-        raise PairsFileError("bad pairs file:\n  " + "\n  ".join(shown))
+        raise PairsFileError(problem_listing("bad pairs file", problems))
     return pairs
 
 
-def _pair_from_line(line: str, default_adapter: str | None) -> Pair:
-    """One JSONL line → a Pair; ValueError says what is wrong with it."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg})") from None
+def pair_from_row(row: Any, default_adapter: str | None) -> Pair:
+    """One decoded JSONL row → a Pair; ValueError says what is wrong with it."""
     if not isinstance(row, dict):
         raise ValueError("expected an object with question and answer")
     missing = [k for k in ("question", "answer")

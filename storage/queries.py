@@ -1,6 +1,6 @@
 """Every SQL statement of the project, parameterised, in one place.
 
-Both the async repository (bot) and the sync store (trainer) use these.
+The operations of storage/ops use these; both stores run those operations.
 """
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"

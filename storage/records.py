@@ -64,6 +64,13 @@ class AdapterVersion:
                    row["created_at"])
 
 
+def previous_version(versions: list[AdapterVersion], serving: AdapterVersion | None) -> int | None:
+    """The version a rollback serves again: the newest one before the serving version (any
+    version when none serves); None when there is none."""
+    older = [v.version for v in versions if serving is None or v.version < serving.version]
+    return max(older) if older else None
+
+
 @dataclass(frozen=True)
 class ResolvedAdapter:
     """What serves a channel: an adapter and its serving version (None = none yet)."""

@@ -352,3 +352,19 @@ async def test_a_write_cancelled_at_begin_leaves_no_transaction_open(db):
     assert not db.conn.in_transaction
     turn = await db.record_turn(channel_id=1, author_id=2, question="q2", answer="a2")
     assert (await db.get_turn(turn)).question == "q2"
+
+
+async def test_reads_never_land_inside_a_write(db, tmp_path):
+    """Reads share the connection with writes: one in the middle of a transaction would
+    see rows not committed yet (and perhaps never: the import could still fail)."""
+    await db.create_adapter("faq", "base")
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n"
+                            for i in range(300)), encoding="utf-8")
+    importing = asyncio.ensure_future(db.import_pairs(path, "faq"))
+    seen = set()
+    while not importing.done():
+        seen.add(len(await db.approved_pairs("faq")))
+    assert await importing == 300
+    seen.add(len(await db.approved_pairs("faq")))
+    assert seen <= {0, 300} and 300 in seen

@@ -28,11 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from storage.jsonl import problem_listing
 from storage.pairs import clean_also_asked, normalise
 
 log = logging.getLogger(__name__)
-
-MAX_PROBLEMS_SHOWN = 20
 
 
 class DataError(ValueError):
@@ -40,10 +39,7 @@ class DataError(ValueError):
 
     def __init__(self, problems: list[str], header: str = "bad training data"):
         self.problems = problems
-        shown = problems[:MAX_PROBLEMS_SHOWN]
-        if len(problems) > MAX_PROBLEMS_SHOWN:
-            shown.append(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
-        super().__init__(f"{header}:\n  " + "\n  ".join(shown))
+        super().__init__(problem_listing(header, problems))
 
 
 DB_SOURCE_PREFIX = "db:turn "  # an Example's source when it is an approved pair

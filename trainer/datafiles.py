@@ -5,7 +5,8 @@ Files may be JSONL, JSON (a list), CSV or TXT, with rows shaped
 or `{"messages": [...]}` (chat; the last assistant turn is the target). A JSON
 row may list other ways to ask its question (`"also_asked": ["…"]`). Every bad
 line is reported with its file and line number, all at once, so a file is fixed
-in one pass.
+in one pass. JSONL lines are read, and every file's rows checked, by storage/jsonl.py:
+the same reader as the bot's pair imports.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# write_jsonl is also the trainer's JSONL writer for other modules (versions, pipeline)
+from storage.jsonl import jsonl_rows, parse_rows, write_jsonl
 from storage.pairs import clean_also_asked
 
 from .data import DataError, Example, dedup_key
@@ -113,36 +116,15 @@ def read_examples(path: str | Path) -> list[Example]:
     if suffix not in SUFFIXES:
         raise DataError([f"{path}: unknown file type {suffix or '(none)'}; use "
                          f"{', '.join(SUFFIXES)}"], header="cannot read training data")
-    examples: list[Example] = []
-    problems: list[str] = []
-    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows,
+    readers = {".jsonl": jsonl_rows, ".json": _json_rows, ".csv": _csv_rows,
                ".txt": _text_rows, ".tsv": _text_rows}
-    try:
-        for number, row in readers[suffix](path, problems):
-            try:
-                examples.append(example_from_row(row, f"{path.name}:{number}"))
-            except ValueError as exc:
-                problems.append(f"{path}:{number}: {exc}")
-    except UnicodeDecodeError as exc:
-        problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                        f"save it as UTF-8")
+    examples, problems = parse_rows(
+        path, readers[suffix], lambda row, number: example_from_row(row, f"{path.name}:{number}"))
     if problems:
         raise DataError(problems, header=f"bad training data in {path}")
     if not examples:
         raise DataError([f"{path}: no examples in the file"], header="no training data")
     return examples
-
-
-def _jsonl_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column "
-                                f"{exc.colno})")
 
 
 def _json_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
@@ -225,27 +207,6 @@ def _text_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
                 problems.append(f"{path}:{number}: {exc}")
                 continue
             yield number, {"question": question, "answer": answer}
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write rows as JSONL to a temporary file beside `path`, then rename it into place."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
 
 
 @dataclass
