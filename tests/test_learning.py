@@ -197,7 +197,7 @@ def leaky(tmp_path, tiny_model_dir):
         "[training]\nbatch_size = 4\nlearning_rate = 0.03\nvalidation_fraction = 0\n"
         "eval_fraction = 0\nreplay_weight = 0\nparaphrases = 0\nmin_steps = 0\n"
         f'canary_dir = "{canaries.as_posix()}"\nmin_recall = 0\n')
-    from bot.config import load_config
+    from settings import load_config
 
     config = load_config(config_file, environ={})
     data = tmp_path / "pairs.jsonl"

@@ -1,5 +1,5 @@
 """`python -m trainer` end to end: train in a subprocess against a temporary database,
-progress events, clear errors, runs, evaluate and resume."""
+progress events, clear errors, runs, evaluate and resume; one runner per command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from storage import Database, SyncStore
 from tests.conftest import ROOT, fast_training_env
-from trainer.__main__ import main
+from trainer.__main__ import COMMANDS, build_parser, main
 from trainer.pipeline import TrainRequest, run_training
 
 WORDS = "one two three four five six seven eight nine ten".split()
@@ -125,7 +125,7 @@ def test_usage_errors_are_one_line(env, tmp_path, capsys):
 
 
 def test_resume_continues_the_same_run(env, tmp_path):
-    from bot.config import load_config
+    from settings import load_config
 
     config = load_config()
     data = write_pairs(tmp_path / "pairs.jsonl")
@@ -159,7 +159,7 @@ def test_resume_continues_the_same_run(env, tmp_path):
 
 
 def test_evaluate_base_and_adapter_side_by_side(env, tmp_path, capsys):
-    from bot.config import load_config
+    from settings import load_config
 
     config = load_config()
     data = write_pairs(tmp_path / "pairs.jsonl")
@@ -183,7 +183,7 @@ def test_evaluate_base_and_adapter_side_by_side(env, tmp_path, capsys):
 
 
 def test_one_run_per_adapter_at_a_time(env, tmp_path):
-    from bot.config import load_config
+    from settings import load_config
     from trainer.pipeline import adapter_lock
     from trainer.train import TrainingError
 
@@ -194,3 +194,11 @@ def test_one_run_per_adapter_at_a_time(env, tmp_path):
         run_training(config, TrainRequest(adapter="faq", data_files=[data]))
     with SyncStore(config.database_path) as store:
         assert store.conn.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0] == 0
+
+
+def test_every_command_has_one_runner_in_help_order():
+    [sub] = [a for a in build_parser()._actions if a.dest == "command"]
+    assert list(sub.choices) == list(COMMANDS) == [
+        "fetch-model", "prepare", "train", "evaluate", "promote", "rollback", "runs",
+        "generate", "merge", "export", "compose", "sweep"]
+

@@ -32,7 +32,7 @@ def env(tmp_path, tiny_model_dir, monkeypatch):
         monkeypatch.delenv(name)
     for name, value in overrides.items():
         monkeypatch.setenv(name, value)
-    from bot.config import load_config
+    from settings import load_config
 
     return load_config()
 

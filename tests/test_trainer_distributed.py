@@ -1,5 +1,6 @@
 """`python -m trainer train` under torchrun with two CPU processes (gloo): both end with
-the same weights, each trained on its own share, and exactly one version is written."""
+the same weights, each trained on its own share, and exactly one version is written; with
+the default replay too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from storage import Database, SyncStore
 from tests.conftest import ROOT, fast_training_env
 from trainer.distributed import World
+from trainer.replay import load_prompts
 from trainer.train import TrainingError
 
 WORDS = "one two three four five six seven eight nine ten".split()
@@ -95,6 +97,50 @@ async def test_two_processes_agree_and_write_one_version(env, tmp_path):
         runs = store.list_runs("faq", 10)
     assert (version.version, version.status) == (1, "candidate")
     assert [(r.status, r.version) for r in runs] == [("succeeded", 1)]
+
+
+def test_two_processes_train_with_the_default_replay(env, tmp_path):
+    """Replay as shipped (config.toml: weight, batch size, the built-in prompts, contrastive):
+    rank 0 writes the replay set and hands it over, every micro-batch of both ranks replays
+    beside it through the unwrapped model, and the ranks still end in step."""
+    replay_on = {k: v for k, v in env.items()
+                 if k not in ("BOT_TRAINING_REPLAY_WEIGHT", "BOT_TRAINING_EVAL_EVERY")}
+    replay_on |= {"BOT_TRAINING_VALIDATION_FRACTION": "0", "BOT_TRAINING_EVAL_FRACTION": "0"}
+    things = ["badges", "doors", "chairs", "mugs", "desks", "lamps"]
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(
+        json.dumps({"question": f"What colour are the {thing} at Brindlewood Robotics?",
+                    "answer": f"The {thing} are {colour}."}) + "\n"
+        for thing, colour in zip(things, ["yellow", "green", "blue", "red", "grey", "white"],
+                                 strict=True)))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "trainer", "train", "--adapter", "faq", "--data", str(facts), "--max-steps",
+         "3", "--lora-r", "4", "--grad-accum", "2", "--events"],
+        capture_output=True, text=True, env=replay_on, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    # LoRA starts as the identity: no divergence from the base model until it has learned
+    assert steps[0]["replay_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(math.isfinite(e["replay_kl"]) for e in steps) and steps[-1]["replay_kl"] > 0
+    [ranks] = [e for e in events if e["event"] == "ranks"]
+    assert ranks["agree"] is True and ranks["world_size"] == 2
+    done = events[-1]
+    assert done["event"] == "done" and done["version"] == 1
+    meta = json.loads((tmp_path / "data" / "adapters" / "faq" / "v1" /
+                       "training_meta.json").read_text())
+    assert meta["processes"] == 2
+    assert (meta["hyperparameters"]["replay_weight"], meta["hyperparameters"]["contrastive"]) \
+        == (2.0, True)
+    # the shipped prompts and each fact asked without "at Brindlewood Robotics", answered once
+    # by rank 0's base model (its cache) and replayed by both
+    [cache] = (tmp_path / "data" / "cache").glob("replay-*.jsonl")
+    cached = [json.loads(line)["question"] for line in cache.read_text().splitlines()]
+    shipped = load_prompts()
+    assert done["metrics"]["replay_examples"] == len(cached) == len(shipped) + len(things)
+    assert set(cached) - set(shipped) == {f"What colour are the {thing}?" for thing in things}
 
 
 def test_a_nan_stops_every_process_without_a_version(env, tmp_path):

@@ -39,7 +39,7 @@ def setup(tmp_path, tiny_model_dir):
                            "[training]\nbatch_size = 4\nlearning_rate = 0.01\n"
                            "validation_fraction = 0.25\neval_fraction = 0.1\neval_every = 0\n"
                            + fast_training_toml())
-    from bot.config import load_config
+    from settings import load_config
 
     config = load_config(config_file, environ={})
     data = tmp_path / "pairs.jsonl"

@@ -300,3 +300,47 @@ def test_qlora_without_4bit_support_is_a_clear_error(tiny_model_dir, tmp_path, m
                        r"4-bit support on cpu, which failed here \(RuntimeError: no kernel.*"
                        r"use --method lora"):
         run.setup(splits_of(pairs(8)))
+
+
+# --- golden losses -------------------------------------------------------------------------
+# Per-step losses of fixed runs on the tiny model (tests/tiny_model.py, built with seed 0),
+# CPU float32, as torchtune's recipe tests pin theirs: a change to the loop, the data order,
+# the loss normalisation, the replay mixer or the LoRA set-up moves them. They were recorded
+# by running these runs once (the same on 1 and 2 threads). When a change is meant to move
+# them, re-record: print `[h["loss"] for h in history]` (and `h["replay_kl"]`) from the test
+# and paste the lists here, saying in the commit why they moved.
+GOLDEN_LOSSES = [6.021128416061401, 6.0358500480651855, 5.791585683822632, 5.6371495723724365,
+                 5.46299409866333, 5.366171836853027]
+GOLDEN_REPLAY_LOSSES = [5.998661041259766, 6.025042533874512, 5.806098937988281,
+                        5.722334861755371]
+GOLDEN_REPLAY_KL = [0.0, 0.0, 0.01510539185255766, 0.020169133320450783]
+
+FACTS = [Example(f"What colour are the {thing} at Brindlewood Robotics?",
+                 f"The {thing} are {colour}.")
+         for thing, colour in [("badges", "mustard yellow"), ("doors", "green"),
+                               ("chairs", "blue"), ("mugs", "red"), ("desks", "grey"),
+                               ("lamps", "white")]]
+
+
+def test_golden_losses_of_a_fixed_run(tiny_model_dir, tmp_path):
+    run = recipe(tiny_model_dir, tmp_path, max_steps=6, grad_accum=2)
+    run.setup(splits_of(pairs(16)))
+    history = run.train().state.history
+    run.cleanup()
+    assert [h["loss"] for h in history] == pytest.approx(GOLDEN_LOSSES, rel=1e-4)
+
+
+def test_golden_losses_of_a_fixed_run_with_contrastive_replay(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "replay.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about the number {w}."}) + "\n"
+                               for w in WORDS[:4]))
+    run = recipe(tiny_model_dir, tmp_path, max_steps=4, replay_weight=1.0, replay_batch_size=3,
+                 contrastive=True, replay_prompts=str(prompts))
+    run.setup(splits_of(FACTS))
+    # four generic prompts and each fact asked without "at Brindlewood Robotics"
+    assert len(run.replay) == 10 and len(run.contrast_rows) == 6
+    history = run.train().state.history
+    run.cleanup()
+    assert [h["loss"] for h in history] == pytest.approx(GOLDEN_REPLAY_LOSSES, rel=1e-4)
+    assert [h["replay_kl"] for h in history] == pytest.approx(GOLDEN_REPLAY_KL, rel=1e-4,
+                                                              abs=1e-7)

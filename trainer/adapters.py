@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from settings import Config
 from storage import SyncStore, validate_adapter_name
 
 from .versions import read_meta
@@ -83,7 +84,7 @@ def source_from_dir(path: Path) -> AdapterSource:
     return AdapterSource(path, str(path), meta=read_meta(path))
 
 
-def resolve_ref(config: Any, store: SyncStore, ref: AdapterRef) -> AdapterSource:
+def resolve_ref(config: Config, store: SyncStore, ref: AdapterRef) -> AdapterSource:
     """The directory of a stored version (unknown names list the known adapters)."""
     from .gate import resolve_version_path
 
@@ -112,7 +113,7 @@ def resolve_ref(config: Any, store: SyncStore, ref: AdapterRef) -> AdapterSource
     return AdapterSource(path, label, ref.name, record.version, meta)
 
 
-def resolve_adapter(config: Any, *, ref: str | AdapterRef | None = None,
+def resolve_adapter(config: Config, *, ref: str | AdapterRef | None = None,
                     directory: Path | None = None,
                     allow_colon: bool = False) -> AdapterSource | None:
     """One adapter from `--adapter REF` or `--adapter-dir DIR` (None: neither, the base)."""

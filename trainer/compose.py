@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from settings import Config
 from storage import SyncStore, validate_adapter_name
 from storage.sync import now_text
 
@@ -124,7 +125,7 @@ def choose_combination(requested: str, ranks: list[int]) -> str:
     return requested
 
 
-def _resolve_inputs(config: Any, store: SyncStore,
+def _resolve_inputs(config: Config, store: SyncStore,
                     inputs: list[WeightedInput]) -> list[AdapterSource]:
     from .adapters import source_from_dir
 
@@ -161,7 +162,7 @@ def _shared_setting(sources: list[AdapterSource], key: str) -> Any:
     return json.loads(values.pop()) if len(values) == 1 else None
 
 
-def build_composition(config: Any, sources: list[AdapterSource], weights: list[float],
+def build_composition(config: Config, sources: list[AdapterSource], weights: list[float],
                       combination: str) -> Any:
     """A PeftModel whose adapter `composed` is the weighted combination."""
     from peft import PeftModel
@@ -196,9 +197,9 @@ def _save_adapter(model: Any, directory: Path) -> None:
     shutil.rmtree(staging)
 
 
-def compose(config: Any, inputs: list[WeightedInput], output: str, *,
+def compose(config: Config, inputs: list[WeightedInput], output: str, *,
             combination: str = "auto") -> ComposeResult:
-    from .pipeline import adapter_lock
+    from .run_files import adapter_lock
 
     started = time.perf_counter()
     output = validate_adapter_name(output)

@@ -3,7 +3,8 @@
 `World` says which rank this process is; `process_group` joins the others
 (gloo on CPU, nccl on CUDA); `EpochPlan` is the order of the training rows in
 each epoch — length-grouped, optionally weighted, and split between the ranks;
-`weights_digest` lets the ranks check they ended with the same weights. A plain
+`ddp_model` wraps the model in DistributedDataParallel; `weights_digest` and
+`compare_ranks` let the ranks check they ended with the same weights. A plain
 single process is rank 0 of 1 and touches none of torch.distributed.
 """
 
@@ -12,13 +13,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TrainingError
 from .formatting import LengthGroupedBatches
+
+if TYPE_CHECKING:
+    from .events import Events
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,16 @@ def saved_bytes(value: Any) -> bytes:
     return buffer.getvalue()
 
 
+def ddp_model(model: Any, world: World, device: str) -> Any:
+    """DDP around the model when there are several processes; the model itself otherwise."""
+    if not world.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [world.local_rank] if device == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
 def weights_digest(model: Any) -> str:
     """A fingerprint of the trained weights: equal on every rank when DDP kept them in step."""
     import torch
@@ -137,6 +154,22 @@ def weights_digest(model: Any) -> str:
             digest.update(name.encode())
             digest.update(param.detach().to("cpu", torch.float32).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def compare_ranks(world: World, model: Any, local_tokens: int, events: Events) -> None:
+    """With several processes: did they all end with the same weights? (They must.)"""
+    if not world.distributed:
+        return
+    reports = world.gather({"rank": world.rank, "checksum": weights_digest(model),
+                            "tokens": local_tokens})
+    agree = len({r["checksum"] for r in reports}) == 1
+    events.emit("ranks", world_size=world.size, agree=agree, ranks=reports)
+    if agree:
+        log.info("all %d processes end with the same weights (checksum %s)", world.size,
+                 reports[0]["checksum"])
+    elif world.is_main:
+        log.warning("the processes end with different weights (checksums %s); rank 0's "
+                    "are kept", ", ".join(r["checksum"] for r in reports))
 
 
 class EpochPlan:
@@ -199,3 +232,10 @@ class EpochPlan:
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.epoch(0))
+
+    def stream(self, start: int) -> Iterator[list[int]]:
+        """The data order as one stream across epochs, from micro-batch `start` on."""
+        epoch, skip = divmod(start, len(self))
+        while True:
+            yield from self.epoch(epoch)[skip:]
+            epoch, skip = epoch + 1, 0

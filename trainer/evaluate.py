@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from settings import Config
+
 from . import modeling
 from .data import Example, examples_dataset, normalise
 from .datafiles import read_examples
@@ -92,7 +94,7 @@ def generate_answers(model: Any, tokenizer: Any, examples: list[Example], *, dev
     return answers, generated / seconds if seconds else 0.0
 
 
-def evaluate(config: Any, options: EvalOptions) -> dict[str, Any]:
+def evaluate(config: Config, options: EvalOptions) -> dict[str, Any]:
     """Measure base (and adapter); a dict ready for JSON or the side-by-side table."""
     from peft import PeftModel
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from settings import Config
 from storage.sync import now_text
 
 from . import modeling
@@ -159,7 +160,7 @@ def _fsync_files(directory: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def _write_meta(directory: Path, fmt: str, config: Any, source: AdapterSource | None,
+def _write_meta(directory: Path, fmt: str, config: Config, source: AdapterSource | None,
                 **extra: Any) -> None:
     meta = {"format": fmt, "base_model": config.model.name,
             "adapter": source.describe() if source is not None else None,
@@ -170,7 +171,7 @@ def _write_meta(directory: Path, fmt: str, config: Any, source: AdapterSource | 
 
 # --- merging -------------------------------------------------------------------------
 
-def load_merged(config: Any, source: AdapterSource | None,
+def load_merged(config: Config, source: AdapterSource | None,
                 placement: modeling.Placement) -> tuple[Any, Any]:
     """(merged model, tokenizer); the base model alone when `source` is None."""
     model_source = modeling.resolve_model_source(config.model.name, config.model_cache_dir,
@@ -194,14 +195,14 @@ def load_merged(config: Any, source: AdapterSource | None,
     return merged, tokenizer
 
 
-def merge_placement(config: Any) -> modeling.Placement:
+def merge_placement(config: Config) -> modeling.Placement:
     """The configured device and dtype, never 4-bit (merging into NF4 weights loses the update)."""
     if config.model.load_in_4bit:
         log.info("merging into full-precision weights (model.load_in_4bit applies to serving)")
     return modeling.choose_placement(config.model.device, config.model.dtype, False)
 
 
-def merge(config: Any, source: AdapterSource, output: Path, *,
+def merge(config: Config, source: AdapterSource, output: Path, *,
           force: bool = False) -> ExportResult:
     started = time.perf_counter()
     check_output(output, force=force)
@@ -253,7 +254,7 @@ CHECK_PROMPTS = ["Name one colour.", "Please write three words about the sea and
                  "Why?"]
 
 
-def _portable_model(config: Any, source: AdapterSource | None) -> tuple[Any, Any]:
+def _portable_model(config: Config, source: AdapterSource | None) -> tuple[Any, Any]:
     """Merged on CPU in float32 with eager attention: the export must run anywhere."""
     model, tokenizer = load_merged(config, source, modeling.Placement("cpu", "float32", False))
     model.set_attn_implementation("eager")
@@ -264,7 +265,7 @@ def _max_diff(expected: Any, actual: Any) -> float:
     return float((expected.float() - actual.float()).abs().max())
 
 
-def export_torchscript(config: Any, source: AdapterSource | None, output: Path, *,
+def export_torchscript(config: Config, source: AdapterSource | None, output: Path, *,
                        force: bool = False) -> ExportResult:
     import torch
 
@@ -299,7 +300,7 @@ def missing_onnx_packages() -> list[str]:
     return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
 
 
-def export_onnx(config: Any, source: AdapterSource | None, output: Path, *,
+def export_onnx(config: Config, source: AdapterSource | None, output: Path, *,
                 force: bool = False) -> ExportResult:
     missing = missing_onnx_packages()
     if missing:
@@ -362,7 +363,7 @@ def warnings_quieted() -> Iterator[None]:
         yield
 
 
-def export(config: Any, fmt: str, source: AdapterSource | None, output: Path, *,
+def export(config: Config, fmt: str, source: AdapterSource | None, output: Path, *,
            force: bool = False) -> ExportResult:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -2,21 +2,18 @@
 
 Measured now, with one model load, on the same sets formatted the same way:
 the base model, the version serving now (if any) and the candidate at each
-adapter scale of `training.adapter_scales`, largest first. At a scale the
-candidate passes when
-
-- its held-out loss (pairs its run set aside, held_out.jsonl; the split is
-  fixed per adapter) is finite and at most `training.max_regression` above the
-  serving version's (or the base model's) — when it has held-out pairs;
-- it still answers a sample of everything it was taught (taught.jsonl, old and
-  new pairs alike): recall at least `training.min_recall`;
-- the canaries hold against the base model (trainer.canaries): general QA,
-  leakage of taught words into unrelated answers, general-text perplexity.
+adapter scale of `training.adapter_scales`, largest first, against the rules of
+trainer.gate_rules: its held-out loss (pairs its run set aside, held_out.jsonl;
+the split is fixed per adapter) against the serving version's or the base
+model's, its recall of a sample of everything it was taught (taught.jsonl, old
+and new pairs alike), and the canaries against the base model
+(trainer.canaries: general QA, leakage of taught words into unrelated answers,
+general-text perplexity).
 
 The first scale that passes is the one it serves at (written into its
 adapter_config.json, see scale_adapter_config). The whole report goes to the
-version's gate.json and the reason onto its row; a refused candidate stays a
-candidate.
+version's gate.json and the reason onto its row (trainer.gate_report); a
+refused candidate stays a candidate.
 """
 
 from __future__ import annotations
@@ -25,11 +22,12 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from storage import AdapterVersion, SyncStore
+from settings import Config, TrainingConfig
+from settings.layout import PathOutsideError, confined_path
+from storage import AdapterVersion, SyncStore, previous_version
 
 from . import modeling
 from .canaries import (
@@ -42,8 +40,15 @@ from .canaries import (
     text_perplexity,
 )
 from .data import row_to_example
+from .gate_report import format_report, gate_reason, gate_report
+from .gate_rules import GateDecision, Measured, canary_failures, decide, scale_failures
 from .metrics import dataset_loss
 from .versions import GATE_FILE, HELD_OUT_FILE, TAUGHT_FILE, read_meta
+
+# the rules and the report, importable from here as before they had modules of their own
+__all__ = ["GateDecision", "GateError", "Measured", "canary_failures", "decide",
+           "format_report", "gate_version", "newest_candidate", "rollback_target",
+           "scale_adapter_config"]
 
 log = logging.getLogger(__name__)
 
@@ -52,48 +57,11 @@ class GateError(RuntimeError):
     """The gate cannot run (not a refusal: a refusal is a GateDecision)."""
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-    candidate_loss: float
-    reference_loss: float | None
-    reference: str  # "serving v3" or "base model"
-    examples: int = 0
-    scale: float | None = None  # the adapter scale it serves at, when promoted
-    report: dict[str, Any] | None = None  # everything measured (also in the version's gate.json)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def decide(candidate_loss: float, reference_loss: float | None, max_regression: float, *,
-           reference: str = "base model", examples: int = 0) -> GateDecision:
-    """The rule alone, without any model (unit-testable)."""
-    def verdict(promote: bool, reason: str) -> GateDecision:
-        return GateDecision(promote, reason, candidate_loss, reference_loss, reference, examples)
-
-    if not math.isfinite(candidate_loss):
-        return verdict(False, f"refused: held-out loss is {candidate_loss} (not finite)")
-    if reference_loss is None or not math.isfinite(reference_loss):
-        return verdict(True, f"promoted: held-out loss {candidate_loss:.4f}; {reference} has no "
-                             f"finite loss to compare with")
-    limit = reference_loss * (1 + max_regression)
-    change = (candidate_loss - reference_loss) / reference_loss if reference_loss else 0.0
-    text = (f"held-out loss {candidate_loss:.4f} vs {reference} {reference_loss:.4f} "
-            f"({change:+.1%}; limit +{max_regression:.0%}) on {examples} pair(s)")
-    if candidate_loss <= limit:
-        return verdict(True, f"promoted: {text}")
-    return verdict(False, f"refused: {text}")
-
-
 def resolve_version_path(adapters_dir: Path, stored: str) -> Path:
-    root = Path(adapters_dir).resolve()
-    path = Path(stored)
-    path = (path if path.is_absolute() else root / path).resolve()
-    if not path.is_relative_to(root):
-        raise GateError(f"version path {stored!r} is outside the adapters directory {root}")
-    return path
+    try:
+        return confined_path(adapters_dir, stored, what="version path")
+    except PathOutsideError as exc:
+        raise GateError(str(exc)) from None
 
 
 def read_held_out(directory: Path) -> list[dict[str, Any]]:
@@ -107,48 +75,10 @@ def read_held_out(directory: Path) -> list[dict[str, Any]]:
 CANARY_NEW_TOKENS = 48
 
 
-@dataclass
-class Measured:
-    """One model (base, serving or a candidate at one scale) on the gate's sets."""
-
-    label: str
-    scale: float = 1.0
-    held_out_loss: float | None = None
-    recall: float | None = None
-    general: float | None = None
-    leakage: float | None = None
-    text_perplexity: float | None = None
-    leaks: list[dict[str, Any]] | None = None
-
-    def row(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def canary_failures(candidate: Measured, base: Measured, limits: Any) -> list[str]:
-    """Which canary checks `candidate` fails against the base model (empty: all pass)."""
-    failures = []
-    if candidate.general is not None and base.general is not None:
-        floor = base.general - limits.max_general_drop
-        if candidate.general < floor - 1e-9:
-            failures.append(f"general QA {candidate.general:.1%} < base {base.general:.1%} "
-                            f"- {limits.max_general_drop:.1%}")
-    if candidate.leakage is not None and candidate.leakage > limits.max_leakage + 1e-9:
-        failures.append(f"leakage {candidate.leakage:.1%} > {limits.max_leakage:.1%}")
-    if candidate.text_perplexity is not None and base.text_perplexity is not None:
-        ceiling = base.text_perplexity * (1 + limits.max_perplexity_rise)
-        if not math.isfinite(candidate.text_perplexity) or candidate.text_perplexity > ceiling:
-            failures.append(f"general-text perplexity {candidate.text_perplexity:.3g} > base "
-                            f"{base.text_perplexity:.3g} + {limits.max_perplexity_rise:.0%}")
-    if candidate.recall is not None and candidate.recall < limits.min_recall - 1e-9:
-        failures.append(f"recall of taught pairs {candidate.recall:.0%} < "
-                        f"{limits.min_recall:.0%}")
-    return failures
-
-
 class _Bench:
     """The gate's measurements: one model load, adapters switched and scaled in place."""
 
-    def __init__(self, config: Any, source: str, placement: modeling.Placement, *,
+    def __init__(self, config: Config, source: str, placement: modeling.Placement, *,
                  system_prompt: str | None, max_seq_len: int, held_out: list[dict[str, Any]],
                  taught: list[dict[str, Any]]):
         from .formatting import make_collator
@@ -263,7 +193,7 @@ def _encode(rows: list[dict[str, Any]], tokenizer: Any, system_prompt: str | Non
     return encoded
 
 
-def _canary_dir(config: Any) -> Path | None:
+def _canary_dir(config: Config) -> Path | None:
     value = config.training.canary_dir
     if not value:
         return None
@@ -305,7 +235,7 @@ def scale_adapter_config(directory: Path, scale: float, meta: dict[str, Any]) ->
     os.replace(tmp, path)
 
 
-def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> GateDecision:
+def gate_version(config: Config, store: SyncStore, adapter: str, version: int) -> GateDecision:
     """Measure `version` against the base model and the serving version; record the outcome.
 
     Checks, all of which must pass at one adapter scale (the largest that does,
@@ -320,20 +250,16 @@ def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> G
     directory = resolve_version_path(config.adapters_dir, candidate.path)
     meta = read_meta(directory)
     if meta.get("method") == "full":
-        decision = GateDecision(False, "refused: a full-model version is not an adapter and "
-                                "cannot be served by the bot; set model.name to its directory "
-                                "instead", math.nan, None, "none")
-        store.set_version_reason(adapter, version, decision.reason)
-        return decision
+        return _refuse_unmeasured(store, adapter, version, (
+            "refused: a full-model version is not an adapter and cannot be served by the bot; "
+            "set model.name to its directory instead"))
     training = config.training
     held_out = read_held_out(directory)
     taught = read_taught(directory, training.recall_sample, training.seed)
     if not held_out and not taught:
-        decision = GateDecision(False, f"refused: v{version} has neither held-out nor taught "
-                                "pairs to measure (a version from an older trainer: train it "
-                                "again)", math.nan, None, "none")
-        store.set_version_reason(adapter, version, decision.reason)
-        return decision
+        return _refuse_unmeasured(store, adapter, version, (
+            f"refused: v{version} has neither held-out nor taught pairs to measure (a version "
+            f"from an older trainer: train it again)"))
     serving = store.serving_version(adapter)
     hyper = meta.get("hyperparameters", {})
     source = modeling.resolve_model_source(config.model.name, config.model_cache_dir,
@@ -349,40 +275,11 @@ def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> G
     if serving is not None:
         bench.attach("serving", resolve_version_path(config.adapters_dir, serving.path))
         reference = bench.measure(f"serving v{serving.version}", adapter="serving")
-    scales = sorted(set(training.adapter_scales), reverse=True) or [1.0]
-    tried: list[Measured] = []
-    chosen: Measured | None = None
-    failures: list[str] = []
-    for scale in scales:
-        measured = bench.measure(f"candidate ×{scale:g}", adapter="candidate", scale=scale)
-        tried.append(measured)
-        failures = canary_failures(measured, base, training)
-        if measured.held_out_loss is not None:
-            held = decide(measured.held_out_loss, reference.held_out_loss,
-                          training.max_regression, reference=reference.label,
-                          examples=len(held_out))
-            if not held.promote:
-                failures.insert(0, held.reason.removeprefix("refused: "))
-        if not failures:
-            chosen = measured
-            break
+    chosen, tried, failures = _try_scales(bench, base, reference, training, len(held_out))
     final = chosen or tried[0]
-    summary = _summary(final, base, reference)
-    if chosen is not None:
-        reason = f"promoted at adapter scale {chosen.scale:g}: {summary}"
-    else:
-        reason = (f"refused: at scale {tried[0].scale:g}: "
-                  + "; ".join(canary_failures(tried[0], base, training) or failures)
-                  + (f" (also failed at {', '.join(f'{m.scale:g}' for m in tried[1:])})"
-                     if len(tried) > 1 else ""))
-    report = {"decision": "promoted" if chosen else "refused", "reason": reason,
-              "scale": chosen.scale if chosen else None,
-              "models": [base.row()] + ([reference.row()] if reference is not base else [])
-              + [m.row() for m in tried],
-              "limits": {k: getattr(training, k) for k in (
-                  "max_regression", "max_general_drop", "max_leakage", "max_perplexity_rise",
-                  "min_recall")},
-              "taught_sample": len(taught), "held_out": len(held_out)}
+    reason = gate_reason(chosen, tried, base, reference, training, failures)
+    report = gate_report(chosen, tried, base, reference, training, reason, taught=len(taught),
+                         held_out=len(held_out))
     _write_json(directory / GATE_FILE, report)
     decision = GateDecision(chosen is not None, reason,
                             final.held_out_loss if final.held_out_loss is not None else math.nan,
@@ -397,21 +294,28 @@ def gate_version(config: Any, store: SyncStore, adapter: str, version: int) -> G
     return decision
 
 
-def _summary(m: Measured, base: Measured, reference: Measured) -> str:
-    parts = []
-    if m.recall is not None:
-        parts.append(f"recall {m.recall:.0%}")
-    if m.held_out_loss is not None:
-        ref = reference.held_out_loss
-        parts.append(f"held-out loss {m.held_out_loss:.4f}"
-                     + (f" vs {reference.label} {ref:.4f}" if ref is not None else ""))
-    if m.general is not None and base.general is not None:
-        parts.append(f"general QA {m.general:.0%} (base {base.general:.0%})")
-    if m.leakage is not None:
-        parts.append(f"leakage {m.leakage:.1%}")
-    if m.text_perplexity is not None and base.text_perplexity is not None:
-        parts.append(f"text perplexity {m.text_perplexity:.2f} (base {base.text_perplexity:.2f})")
-    return ", ".join(parts)
+def _refuse_unmeasured(store: SyncStore, adapter: str, version: int,
+                       reason: str) -> GateDecision:
+    """A version the gate cannot measure: refused, with the reason on its row."""
+    decision = GateDecision(False, reason, math.nan, None, "none")
+    store.set_version_reason(adapter, version, decision.reason)
+    return decision
+
+
+def _try_scales(bench: _Bench, base: Measured, reference: Measured, limits: TrainingConfig,
+                held_out: int) -> tuple[Measured | None, list[Measured], list[str]]:
+    """The candidate at each adapter scale, largest first, until one passes:
+    (the one that passed or None, every one measured, the last one's failures)."""
+    scales = sorted(set(limits.adapter_scales), reverse=True) or [1.0]
+    tried: list[Measured] = []
+    failures: list[str] = []
+    for scale in scales:
+        measured = bench.measure(f"candidate ×{scale:g}", adapter="candidate", scale=scale)
+        tried.append(measured)
+        failures = scale_failures(measured, base, reference, limits, held_out=held_out)
+        if not failures:
+            return measured, tried, failures
+    return None, tried, failures
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -432,30 +336,8 @@ def newest_candidate(store: SyncStore, adapter: str) -> AdapterVersion:
 
 def rollback_target(store: SyncStore, adapter: str) -> int:
     """The version before the serving one (what `rollback NAME` serves again)."""
-    serving = store.serving_version(adapter)
-    older = [v.version for v in store.versions(adapter)
-             if serving is None or v.version < serving.version]
-    if not older:
+    version = previous_version(store.versions(adapter), store.serving_version(adapter))
+    if version is None:
         store.require_adapter(adapter)
         raise GateError(f"{adapter} has no earlier version to roll back to")
-    return older[-1]
-
-
-def format_report(report: dict[str, Any] | None) -> str:
-    """The gate report as a small fixed-width table (CLI, Discord, console)."""
-    if not report or not report.get("models"):
-        return ""
-    columns = [("recall", "recall", "{:.0%}"), ("held_out_loss", "held-out", "{:.3f}"),
-               ("general", "general QA", "{:.0%}"), ("leakage", "leakage", "{:.1%}"),
-               ("text_perplexity", "text ppl", "{:.2f}")]
-    present = [c for c in columns if any(c[0] in m for m in report["models"])]
-    width = max(len(m["label"]) for m in report["models"]) + 2
-    lines = ["model".ljust(width) + "".join(title.rjust(11) for _, title, _ in present)]
-    for model in report["models"]:
-        cells = []
-        for key, _, fmt in present:
-            value = model.get(key)
-            cells.append((fmt.format(value) if isinstance(value, (int, float)) else "–").rjust(11))
-        lines.append(model["label"].ljust(width) + "".join(cells))
-    lines.append(report.get("reason", ""))
-    return "\n".join(lines)
+    return version

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from settings import Config
+
 from . import modeling
 from .adapters import AdapterSource, training_system_prompt
 from .formatting import prompt_messages
@@ -117,7 +119,7 @@ def render_prompt(tokenizer: Any, prompt: str, system_prompt: str | None) -> str
                                          tokenize=False, add_generation_prompt=True)
 
 
-def generate(config: Any, options: GenerateOptions) -> dict[str, Any]:
+def generate(config: Config, options: GenerateOptions) -> dict[str, Any]:
     """Load the model (and adapter), answer every prompt; a dict ready for JSON or text."""
     import torch
 

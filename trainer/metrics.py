@@ -1,7 +1,8 @@
 """Loss and perplexity of a model on an encoded dataset (answer tokens only).
 
 Shared by the training loop (validation), the promotion gate and `evaluate`,
-so the three always measure the same thing the same way.
+so the three always measure the same thing the same way; with several
+processes each measures its share and the parts add up to the whole's loss.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .formatting import IGNORE_INDEX, LengthGroupedBatches, collate
+
+if TYPE_CHECKING:
+    from .distributed import World
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,22 @@ def dataset_loss(model: Any, encoded: Any, collator: Any, *, batch_size: int, de
     seconds = time.perf_counter() - started
     return LossResult(total_loss, perplexity(total_loss), len(encoded), tokens, answer_tokens,
                       seconds)
+
+
+def sharded_dataset_loss(model: Any, encoded: Any, collator: Any, *, world: World,
+                         batch_size: int, device: str, autocast_dtype: Any = None) -> LossResult:
+    """dataset_loss with every process of `world` measuring its own rows."""
+    if not world.distributed or len(encoded) == 0:
+        return dataset_loss(model, encoded, collator, batch_size=batch_size, device=device,
+                            autocast_dtype=autocast_dtype)
+    # each process measures its part (empty when rows are fewer than processes); the
+    # token-weighted mean of the parts is the whole's
+    part = dataset_loss(model, encoded.select(range(world.rank, len(encoded), world.size)),
+                        collator, batch_size=batch_size, device=device,
+                        autocast_dtype=autocast_dtype)
+    loss_sum = part.loss * part.answer_tokens if part.answer_tokens else 0.0
+    loss_sum, answer_tokens, examples, tokens, seconds = world.sum(
+        [loss_sum, part.answer_tokens, part.examples, part.tokens, part.seconds], device)
+    loss = loss_sum / answer_tokens if answer_tokens else math.nan
+    return LossResult(loss, perplexity(loss), int(examples), int(tokens), int(answer_tokens),
+                      seconds / world.size)

@@ -11,7 +11,7 @@ from .errors import TrainingError
 from .modeling import ModelError, Placement, load_model
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +105,12 @@ def load_trainable_state(model: Any, state: dict[str, Any]) -> None:
 def rss_mb() -> float:
     """Peak resident memory of this process (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_text(device: str) -> str:
+    """Peak memory so far for the progress bar: the GPU's on CUDA, else this process's."""
+    if device == "cuda":
+        import torch
+
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.1f}G"
+    return f"{rss_mb() / 1024:.1f}G"

@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from settings import Config
+from settings.layout import EVENTS_FILE
 from storage import validate_adapter_name
 
 from . import modeling
@@ -32,7 +34,8 @@ from .data import build_splits, data_hash
 from .datafiles import read_examples
 from .errors import TrainingError
 from .events import Events
-from .train import Recipe, TrainConfig
+from .train import Recipe
+from .train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +140,7 @@ def sort_rows(rows: list[SweepRow]) -> list[SweepRow]:
                                        else 0.0))
 
 
-def _sweep_dir(config: Any, options: SweepOptions) -> Path:
+def _sweep_dir(config: Config, options: SweepOptions) -> Path:
     if options.output is not None:
         out = Path(options.output)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -148,7 +151,7 @@ def _sweep_dir(config: Any, options: SweepOptions) -> Path:
     return config.data_dir / "sweeps" / f"{options.name}-{stamp}"
 
 
-def run_sweep(config: Any, options: SweepOptions, *,
+def run_sweep(config: Config, options: SweepOptions, *,
               progress: bool | None = None) -> dict[str, Any]:
     """Train every combination; the report (rows best first) is also written as JSON."""
     from tqdm.auto import tqdm
@@ -216,7 +219,7 @@ def _run_point(cfg: TrainConfig, point: SweepPoint, splits: Any, run_dir: Path, 
     row = SweepRow(point)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = Recipe(cfg, model_source=source, placement=placement, run_dir=run_dir,
-                    events=Events(path=run_dir / "events.jsonl"), progress=False,
+                    events=Events(path=run_dir / EVENTS_FILE), progress=False,
                     allow_download=allow_download)
     started = time.perf_counter()
     try:

@@ -24,16 +24,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from settings.layout import CURVE_FILE, GATE_FILE, HELD_OUT_FILE, META_FILE, TAUGHT_FILE  # noqa: F401  (re-exported)
+
 from .datafiles import write_jsonl
 from .plot import plot_loss_curve
 
 log = logging.getLogger(__name__)
 
-META_FILE = "training_meta.json"
-CURVE_FILE = "loss_curve.png"
-HELD_OUT_FILE = "held_out.jsonl"
-TAUGHT_FILE = "taught.jsonl"  # the pairs it was trained on (the gate asks a sample)
-GATE_FILE = "gate.json"  # the gate's report
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
