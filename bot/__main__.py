@@ -11,12 +11,17 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from settings import Config, discord_token, load_config_or_exit, settings_markdown
+from settings.logs import configure_logging, register_secret
 from storage import Database, StorageError
 from trainer.modeling import ModelError
 
-from .config import discord_token, load_config_or_exit, settings_markdown
-from .logs import configure_logging, register_secret
+if TYPE_CHECKING:  # annotations only: `python -m bot settings` loads none of these
+    from .engine_base import GenerationEngine
+    from .http import HttpServer
+    from .routing import Router
 
 log = logging.getLogger("bot")
 
@@ -76,11 +81,12 @@ async def _heartbeat(path: Path) -> None:
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 
 
-def with_http_server(config, engine, db, router):
+def with_http_server(config: Config, engine: GenerationEngine, db: Database,
+                     router: Router) -> tuple[GenerationEngine, HttpServer | None]:
     """The HTTP server when `[http] enabled` (else None), and the engine the bot should
     use: the server's metered one, so that /metrics counts every answer, not only the API's.
     Raises HttpConfigError (no token, ...) before anything loads."""
-    from .http_api import HttpConfigError, HttpServer
+    from .http import HttpConfigError, HttpServer
 
     if not config.http.enabled:
         if config.web.enabled:
@@ -92,7 +98,8 @@ def with_http_server(config, engine, db, router):
     return server.engine, server
 
 
-def mount_review_site(config, server, db, engine, *, training=None, describe_channel=None,
+def mount_review_site(config: Config, server: HttpServer, db: Database,
+                      engine: GenerationEngine, *, training=None, describe_channel=None,
                       check_admin=None):
     """The web review page on the HTTP server when `[web] enabled`; its sessions (or None)."""
     if not config.web.enabled:
@@ -156,7 +163,7 @@ async def run_discord(config, token: str) -> int:
                     config, server, db, engine, training=bot.training,
                     describe_channel=lambda c: getattr(bot.get_channel(c), "name", None),
                     check_admin=bot.still_admin)
-            nightly = NightlyTraining(config, db, bot.training)
+            nightly = NightlyTraining(config, db, bot.training)  # owns its catch-up run
             try:
                 await bot.login(token)  # a wrong token fails here, before the model loads
                 await engine.start()
@@ -176,7 +183,7 @@ async def run_discord(config, token: str) -> int:
                       file=sys.stderr)
                 return 1
             finally:
-                nightly.stop()
+                await nightly.close()  # a catch-up run still going is cancelled
                 await bot.close()
                 if server is not None:
                     await server.close()
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "healthcheck":
         return healthcheck(config)
     from .generation import EngineError
-    from .http_api import HttpConfigError
+    from .http import HttpConfigError
 
     try:
         if command == "run" and token:

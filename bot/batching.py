@@ -38,6 +38,7 @@ class Job:
         self.deadline = time.monotonic() + timeout_s
         self.finished = False
         self.token_count = 0
+        self.prompt_tokens: int | None = None  # the prompt the model was fed, once known
 
     def push(self, item: str | BaseException | End) -> None:
         if self.finished:
@@ -80,6 +81,12 @@ class Generation:
     def token_count(self) -> int:
         """Tokens generated so far (the final count once the stream has ended)."""
         return self._job.token_count
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """Tokens of the prompt the model was fed (the local engine knows once generation
+        starts; a remote server says so when the answer ends)."""
+        return self._job.prompt_tokens
 
     def cancel(self) -> None:
         """Abandon the request: it stops at its next token and frees its slot."""

@@ -11,10 +11,10 @@ import logging
 import discord
 from discord.ext import commands
 
+from settings import Config
 from storage import Database
 
-from .config import Config
-from .engine import Engine
+from .engine_base import GenerationEngine
 from .permissions import member_is_admin
 from .routing import Router
 from .training import TrainingService
@@ -43,7 +43,7 @@ def intents() -> discord.Intents:
 
 
 class ChannelBot(commands.Bot):
-    def __init__(self, config: Config, db: Database, engine: Engine, router: Router):
+    def __init__(self, config: Config, db: Database, engine: GenerationEngine, router: Router):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
                          allowed_mentions=SAFE_MENTIONS, help_command=None)
         self.config = config

@@ -11,6 +11,9 @@
   least recently used first.
 - Every row stops on its own: end of text, its own token limit, a stop string,
   its deadline (`engine.request_timeout_s`), or its consumer going away.
+
+Routing, pinning and promotion are `EngineBase`'s (bot/engine_base.py), shared with
+the remote backend; putting a version into the PEFT model is bot/peft_versions.py.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from settings import Config
 from storage import BASE_ADAPTER
 from trainer import modeling
 from trainer.formatting import plain_messages
 
 from .batching import END as _END
-from .batching import AdapterSlots, BatchController, Generation, Job
-from .config import Config
+from .batching import BatchController, Generation, Job  # noqa: F401  (re-exported)
+from .engine_base import EngineBase, GenerationEngine
 from .generation import (  # noqa: F401  (re-exported: callers import them from here)
     AdapterLoadError,
     EngineError,
@@ -41,6 +46,7 @@ from .generation import (  # noqa: F401  (re-exported: callers import them from 
     Sampling,
     trim_messages,
 )
+from .peft_versions import load_version
 from .routing import Route, Router
 
 log = logging.getLogger(__name__)
@@ -55,20 +61,44 @@ def cpu_threads(setting: int) -> int:
     return max(1, (cores or 1) - 1)
 
 
-class Engine:
+@dataclass
+class _WorkerCall:
+    """Work other than a generation that must run on the worker thread, which owns the
+    model and the tokenizer (loading an adapter, counting a prompt)."""
+
+    run: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future
+
+    def __call__(self) -> None:
+        try:
+            result = self.run()
+        except BaseException as exc:
+            self.loop.call_soon_threadsafe(_settle, self.done, exc, None)
+        else:
+            self.loop.call_soon_threadsafe(_settle, self.done, None, result)
+
+
+class Engine(EngineBase):
     def __init__(self, config: Config, router: Router | None = None):
-        self.config = config
-        self.router = router
+        super().__init__(config, router)
         self.model: Any = None
         self.tokenizer: Any = None
         self.placement: modeling.Placement | None = None
         self.model_source: str | None = None
-        self.slots = AdapterSlots(config.engine.max_loaded_adapters)
         self._inbox: queue.Queue[Any] = queue.Queue()
-        self._release_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.batches_run = 0
         self.rows_run = 0
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and the worker thread that runs it lives."""
+        return self.model is not None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,64 +148,26 @@ class Engine:
                  self.slots.capacity, self.config.engine.max_batch_size)
 
     # --- public API (event loop) --------------------------------------------------------
-    async def submit(self, request: GenerationRequest) -> Generation:
-        """Route and queue a request; iterate the result for its text."""
-        if self._thread is None:
-            raise EngineError("engine not started: await engine.start() first")
-        route = request.route or await self._resolve(request)
-        job = Job(request, route, asyncio.get_running_loop(),
-                   self.config.engine.request_timeout_s, self._release)
-        if route.key != BASE_ADAPTER:
-            self.slots.pin(route.key)
-        self._inbox.put(job)
-        return Generation(job, self._release)
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yield the answer's text as it is produced."""
-        generation = await self.submit(request)
-        async for chunk in generation:
-            yield chunk
-
     async def preload(self, route: Route) -> None:
         """Load an adapter version ahead of the requests that will use it."""
+        await self._on_worker(lambda: self._ensure_loaded([route]))
+
+    async def count_prompt_tokens(self, messages: Sequence[Message], route: Route) -> int:
+        """Tokens of the prompt the model is fed for these messages on this route: the
+        same system prompt, trimming, special-token defusing and chat template as a
+        request's, counted on the worker thread (the tokenizer's one user)."""
+        if not self.ready:
+            raise EngineError("the engine is not running: await engine.start() first")
+        return await self._on_worker(lambda: len(self._render_prompt(messages, route)))
+
+    def _dispatch(self, job: Job) -> None:
+        self._inbox.put(job)
+
+    async def _on_worker(self, run: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._inbox.put(("load", route, loop, done))
-        await done
-
-    async def promote(self, adapter: str, version: int, reason: str | None = None) -> Route:
-        """Make `version` serve new requests of `adapter`, without a restart.
-
-        It is loaded first, then marked serving; requests already routed finish on
-        the version they started with. Rolling back is the same call with an older
-        version.
-        """
-        if self.router is None:
-            raise EngineError("promotion needs the engine's router (storage)")
-        route = await self.router.route_for_adapter(adapter, version)
-        started = time.perf_counter()
-        await self.preload(route)
-        await self.router.db.set_serving(adapter, version, reason=reason)
-        log.info("adapter %s now serves version %d (swap took %.0f ms)", adapter, version,
-                 (time.perf_counter() - started) * 1000)
-        return route
-
-    def loaded_adapters(self) -> list[str]:
-        with self.slots.lock:
-            return list(self.slots.loaded)
-
-    async def _resolve(self, request: GenerationRequest) -> Route:
-        if self.router is None:
-            return Route(system_prompt=self.config.model.system_prompt)
-        return await self.router.resolve(request.channel_id, request.guild_id)
-
-    def _release(self, job: Job) -> None:
-        with self._release_lock:  # the worker (job done) and the loop (cancel) both call it
-            if job.released:
-                return
-            job.released = True
-        if job.route.key != BASE_ADAPTER:
-            self.slots.unpin(job.route.key)
+        done: asyncio.Future[Any] = loop.create_future()
+        self._inbox.put(_WorkerCall(run, loop, done))
+        return await done
 
     # --- worker thread ------------------------------------------------------------------
     def _serve(self) -> None:
@@ -183,8 +175,8 @@ class Engine:
             first = self._inbox.get()
             if first is None:
                 return
-            if isinstance(first, tuple):
-                self._handle_load(*first[1:])
+            if isinstance(first, _WorkerCall):
+                first()
                 continue
             batch, stop = self._gather(first)
             groups: dict[tuple, list[Job]] = collections.defaultdict(list)
@@ -213,20 +205,11 @@ class Engine:
                 break
             if item is None:
                 return batch, True
-            if isinstance(item, tuple):
-                self._handle_load(*item[1:])
+            if isinstance(item, _WorkerCall):
+                item()
                 continue
             batch.append(item)
         return batch, False
-
-    def _handle_load(self, route: Route, loop: asyncio.AbstractEventLoop,
-                     done: asyncio.Future) -> None:
-        try:
-            self._ensure_loaded([route])
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, done, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, None)
 
     def _ensure_loaded(self, routes: list[Route]) -> None:
         wanted = {r.key: r for r in routes if r.key != BASE_ADAPTER}
@@ -249,53 +232,18 @@ class Engine:
             log.info("unloaded adapter version %s (least recently used)", victim)
 
     def _load_adapter(self, route: Route) -> None:
-        from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
-
         started = time.perf_counter()
-        try:
-            # PEFT injects the LoRA layers before it reads the weights: unreadable files
-            # found first leave the served model as it was
-            check_adapter_files(route.path)
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(route.path), adapter_name=route.key,
-                                        is_trainable=False)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(route.path),
-                                                       adapter_name=route.key,
-                                                       is_trainable=False)
-        except Exception as exc:
-            # a half-loaded adapter would stay in the model, unnamed by any route (on the
-            # first load PEFT injects into the base model itself before it reads weights
-            # that may not fit it, e.g. an adapter of another base model)
-            try:
-                if isinstance(self.model, PeftModel):
-                    if route.key in self.model.peft_config:
-                        self.model.delete_adapter(route.key)
-                else:
-                    _strip_lora_layers(self.model)
-            except Exception:
-                log.exception("could not remove the half-loaded adapter %s", route.key)
-            raise AdapterLoadError(f"adapter {route.adapter} v{route.version} at {route.path} "
-                                   f"could not be loaded ({exc}); roll back with "
-                                   f"/adapter rollback {route.adapter}") from exc
-        if route.scale != 1.0:
-            for module in self.model.modules():
-                if isinstance(module, LoraLayer) and route.key in module.scaling:
-                    module.set_scale(route.key, route.scale)
-        self.model.eval()
+        self.model = load_version(self.model, route)
         with self.slots.lock:
             self.slots.loaded[route.key] = route
         log.info("loaded adapter %s v%s in %.0f ms", route.adapter, route.version,
                  (time.perf_counter() - started) * 1000)
 
     def _prompt_ids(self, job: Job) -> list[int]:
-        messages = list(job.request.messages)
-        if not messages or messages[0].get("role") != "system":
-            prompt = job.route.system_prompt or self.config.model.system_prompt
-            messages = [{"role": "system", "content": prompt}] + messages
-        messages = trim_messages(messages, self.config.engine.context_tokens, self.count_tokens)
-        return self._template(messages)
+        return self._render_prompt(job.request.messages, job.route)
+
+    def _render_prompt(self, messages: Sequence[Message], route: Route) -> list[int]:
+        return self._template(self.prompt_messages(messages, route))
 
     def _template(self, messages: Sequence[Message]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(plain_messages(messages, self.tokenizer),
@@ -324,6 +272,8 @@ class Engine:
             return
         try:
             prompts = [self._prompt_ids(job) for job in live]
+            for job, ids in zip(live, prompts, strict=True):
+                job.prompt_tokens = len(ids)
             width = max(len(p) for p in prompts)
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -379,46 +329,15 @@ class Engine:
         return failed
 
 
-def _strip_lora_layers(model: Any) -> None:
-    """Put every injected tuner layer's base layer back: the plain model again."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils import _get_submodules
-
-    names = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
-    for name in names:
-        parent, layer, attribute = _get_submodules(model, name)
-        setattr(parent, attribute, layer.get_base_layer())
-    if hasattr(model, "peft_config"):
-        del model.peft_config
-    if names:
-        log.warning("removed %d half-injected adapter layers from the base model", len(names))
-
-
-def check_adapter_files(path: Any) -> None:
-    """Read an adapter directory's config and weights; raise what is wrong with them."""
-    from pathlib import Path
-
-    from peft import PeftConfig
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    PeftConfig.from_pretrained(str(path))
-    weights = path / "adapter_model.safetensors"
-    if weights.is_file():
-        load_file(weights)  # a few MB: cheap next to what a half-injected load costs
-    elif not (path / "adapter_model.bin").is_file():
-        raise FileNotFoundError(f"no adapter_model.safetensors in {path}")
-
-
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future, error: BaseException | None, result: Any) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)
 
 
-async def answer_text(engine: Engine, request: GenerationRequest) -> str:
+async def answer_text(engine: GenerationEngine, request: GenerationRequest) -> str:
     """The whole answer at once (for callers that do not stream)."""
     return await (await engine.submit(request)).complete()

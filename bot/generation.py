@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import EngineConfig
+from settings import EngineConfig
+
 from .routing import Route
 
 Message = dict[str, str]

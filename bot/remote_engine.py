@@ -12,10 +12,9 @@ and trainer drive it. `create_engine` picks this backend when `engine.backend = 
   files itself: it must see `storage.adapters_dir` (the same disk, or a shared volume
   mounted at `engine.remote_adapters_dir`).
 - Answers stream from `POST /v1/chat/completions` (server-sent events); the chat
-  template is the server's. The public interface is the local engine's (`start`,
-  `close`, `submit`, `generate`, `preload`, `promote`, `loaded_adapters`,
-  `count_tokens`), and `submit` returns the same `Generation`, so callers cannot tell
-  the backends apart.
+  template is the server's. Routing, pinning and promotion are `EngineBase`'s, as in
+  the local engine; both are a `GenerationEngine` and `submit` returns the same
+  `Generation`, so callers cannot tell the backends apart.
 - The server has the tokenizer, not the bot: context trimming counts tokens by an
   estimate (about four characters a token), and prompt token counts come from the
   server's usage report.
@@ -38,19 +37,18 @@ from typing import Any
 
 import aiohttp
 
+from settings import Config
+from settings.logs import register_secret
 from storage import BASE_ADAPTER
 
-from .batching import END, AdapterSlots, Generation, Job
-from .config import Config
+from .batching import END, Job
+from .engine_base import EngineBase, GenerationEngine
 from .generation import (
     AdapterLoadError,
     EngineError,
-    GenerationRequest,
     GenerationTimeout,
     Message,
-    trim_messages,
 )
-from .logs import register_secret
 from .routing import Route, Router
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,7 @@ class RemoteEngineError(EngineError):
     """The generation server cannot be reached, or answered something unusable."""
 
 
-def create_engine(config: Config, router: Router | None = None) -> Any:
+def create_engine(config: Config, router: Router | None = None) -> GenerationEngine:
     """The engine `engine.backend` asks for: the local model, or a remote server."""
     if config.engine.backend == "openai":
         return RemoteEngine(config, router)
@@ -72,33 +70,33 @@ def create_engine(config: Config, router: Router | None = None) -> Any:
     return Engine(config, router)
 
 
-class RemoteJob(Job):
-    prompt_tokens: int | None = None
-
-
-class RemoteGeneration(Generation):
-    @property
-    def prompt_tokens(self) -> int | None:
-        """Prompt tokens as the server counted them (known once the answer has ended)."""
-        return self._job.prompt_tokens
-
-
-class RemoteEngine:
+class RemoteEngine(EngineBase):
     def __init__(self, config: Config, router: Router | None = None,
                  environ: Mapping[str, str] | None = None):
-        self.config = config
-        self.router = router
+        super().__init__(config, router)
         settings = config.engine
         self.base_url = _checked_url(settings.remote_url)
         self.model_name = settings.remote_base_model or config.model.name
         env = os.environ if environ is None else environ
         self.api_key = env.get(settings.remote_api_key_env, "").strip() or None
         register_secret(self.api_key)
-        self.slots = AdapterSlots(settings.max_loaded_adapters)
-        self.ready = False
+        self._ready = False
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[int, asyncio.Task] = {}
         self._load_lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and the server serves the base model (set by start())."""
+        return self._ready
+
+    @property
+    def started(self) -> bool:
+        return self._session is not None
+
+    @property
+    def serves_on(self) -> str:
+        return f" on {self.base_url}"
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -124,12 +122,12 @@ class RemoteEngine:
             if match:
                 with self.slots.lock:
                     self.slots.loaded[name] = Route(match["adapter"], int(match["version"]))
-        self.ready = True
+        self._ready = True
         log.info("generating on %s (model %s, %d adapter versions already registered)",
                  self.base_url, self.model_name, len(self.slots.loaded))
 
     async def close(self) -> None:
-        self.ready = False
+        self._ready = False
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:
@@ -161,48 +159,18 @@ class RemoteEngine:
                 if isinstance(model, dict)]
 
     # --- public API ---------------------------------------------------------------------
-    async def submit(self, request: GenerationRequest) -> RemoteGeneration:
-        """Route and send a request; iterate the result for its text."""
-        if self._session is None:
-            raise EngineError("engine not started: await engine.start() first")
-        route = request.route or await self._resolve(request)
-        job = RemoteJob(request, route, asyncio.get_running_loop(),
-                        self.config.engine.request_timeout_s, self._release)
-        if route.key != BASE_ADAPTER:
-            self.slots.pin(route.key)
-        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"remote-job-{job.id}")
-        return RemoteGeneration(job, self._release)
-
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yield the answer's text as it is produced."""
-        generation = await self.submit(request)
-        async for chunk in generation:
-            yield chunk
-
     async def preload(self, route: Route) -> None:
         """Register an adapter version on the server ahead of the requests that use it."""
         await self._ensure_loaded(route)
 
-    async def promote(self, adapter: str, version: int, reason: str | None = None) -> Route:
-        """Make `version` serve new requests of `adapter`: registered first, then marked
-        serving, so requests in flight finish on the version they started with."""
-        if self.router is None:
-            raise EngineError("promotion needs the engine's router (storage)")
-        route = await self.router.route_for_adapter(adapter, version)
-        started = time.perf_counter()
-        await self.preload(route)
-        await self.router.db.set_serving(adapter, version, reason=reason)
-        log.info("adapter %s now serves version %d on %s (swap took %.0f ms)", adapter,
-                 version, self.base_url, (time.perf_counter() - started) * 1000)
-        return route
-
-    def loaded_adapters(self) -> list[str]:
-        with self.slots.lock:
-            return list(self.slots.loaded)
-
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """An estimate (about four characters a token, a few per message for the template)."""
         return sum(4 + len(m.get("content", "")) // CHARS_PER_TOKEN for m in messages)
+
+    async def count_prompt_tokens(self, messages: Sequence[Message], route: Route) -> None:
+        """None: the server renders and counts the prompt (its count comes with each
+        answer, as `Generation.prompt_tokens`)."""
+        return None
 
     def server_path(self, path: Path) -> str:
         """Where the server finds an adapter directory of `storage.adapters_dir`."""
@@ -213,22 +181,16 @@ class RemoteEngine:
         return str(PurePosixPath(mounted) / relative.as_posix())
 
     # --- requests -----------------------------------------------------------------------
-    async def _resolve(self, request: GenerationRequest) -> Route:
-        if self.router is None:
-            return Route(system_prompt=self.config.model.system_prompt)
-        return await self.router.resolve(request.channel_id, request.guild_id)
+    def _dispatch(self, job: Job) -> None:
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"remote-job-{job.id}")
 
     def _release(self, job: Job) -> None:
-        if job.released:
-            return
-        job.released = True
-        if job.route.key != BASE_ADAPTER:
-            self.slots.unpin(job.route.key)
+        super()._release(job)
         task = self._tasks.pop(job.id, None)
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()  # its reader went away: stop reading the server's stream
 
-    async def _run(self, job: RemoteJob) -> None:
+    async def _run(self, job: Job) -> None:
         try:
             async with asyncio.timeout(max(job.deadline - time.monotonic(), 0)):
                 await self._ensure_loaded(job.route)
@@ -248,18 +210,12 @@ class RemoteEngine:
             job.push(EngineError("the request was cancelled (the engine is closing)"))
             raise
 
-    def _messages(self, job: Job) -> list[Message]:
-        messages = list(job.request.messages)
-        if not messages or messages[0].get("role") != "system":
-            prompt = job.route.system_prompt or self.config.model.system_prompt
-            messages = [{"role": "system", "content": prompt}] + messages
-        return trim_messages(messages, self.config.engine.context_tokens, self.count_tokens)
-
     def _body(self, job: Job) -> dict[str, Any]:
         sampling = job.request.sampling
         body: dict[str, Any] = {
             "model": job.route.key if job.route.key != BASE_ADAPTER else self.model_name,
-            "messages": self._messages(job), "stream": True,
+            "messages": self.prompt_messages(job.request.messages, job.route),
+            "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
         }
@@ -271,7 +227,7 @@ class RemoteEngine:
             body["stop"] = list(sampling.stop)
         return body
 
-    async def _stream(self, job: RemoteJob) -> None:
+    async def _stream(self, job: Job) -> None:
         url = f"{self.base_url}/chat/completions"
         async with self._session.post(url, json=self._body(job)) as response:
             if response.status != 200:

@@ -11,15 +11,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from settings import Config
+from settings.layout import PathOutsideError, confined_path
 from storage import BASE_ADAPTER, AdapterVersion, Database
-
-from .config import Config
 
 log = logging.getLogger(__name__)
 
 
-class AdapterPathError(ValueError):
-    """A stored adapter path points outside the adapters directory."""
+AdapterPathError = PathOutsideError  # a stored adapter path outside the adapters directory
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,7 @@ class Route:
 
 def confined_adapter_path(adapters_dir: Path, stored: str) -> Path:
     """Resolve a stored version path; refuse anything outside `adapters_dir`."""
-    root = adapters_dir.resolve()
-    path = Path(stored)
-    path = (path if path.is_absolute() else root / path).resolve()
-    if not path.is_relative_to(root):
-        raise AdapterPathError(f"adapter path {stored!r} is outside the adapters directory "
-                               f"{root}; adapters must live under storage.adapters_dir")
-    return path
+    return confined_path(adapters_dir, stored)
 
 
 class Router:

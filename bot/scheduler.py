@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from settings import Config
 from storage import Database
 
-from .config import Config
+from .training import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +28,25 @@ LAST_RUN_KEY = "schedule.last_run_at"
 
 
 class NightlyTraining:
-    def __init__(self, config: Config, db: Database, training,
+    def __init__(self, config: Config, db: Database, training: TrainingService,
                  clock: Callable[[], datetime] | None = None):
         self.config = config
         self.db = db
-        self.training = training  # TrainingService: start(adapter, ...) and follow()
+        self.training = training  # start(adapter, ...) and follow() are all it uses
         self.zone = ZoneInfo(config.training.timezone)
         self.trigger = CronTrigger.from_crontab(config.training.schedule, timezone=self.zone)
         self.clock = clock or (lambda: datetime.now(self.zone))
         self.scheduler: AsyncIOScheduler | None = None
+        self.catch_up: asyncio.Task | None = None  # kept: a task nobody holds can vanish
 
     async def start(self) -> asyncio.Task | None:
         """Schedule the nightly run; a run missed while the bot was down starts now, in
         the background (the returned task), so the bot connects without waiting."""
-        catch_up = None
+        self.catch_up = None
         if await self.missed_run():
             log.info("the scheduled training run was missed while the bot was down; "
                      "running it now (once)")
-            catch_up = asyncio.create_task(self.run_due(), name="missed-training-run")
+            self.catch_up = asyncio.create_task(self.run_due(), name="missed-training-run")
         elif await self.db.get_state(LAST_RUN_KEY) is None:
             await self.db.set_state(LAST_RUN_KEY, self.clock().isoformat())  # count from now
         self.scheduler = AsyncIOScheduler(timezone=self.zone)
@@ -54,11 +56,21 @@ class NightlyTraining:
         log.info("nightly training scheduled (%s, %s); next run %s",
                  self.config.training.schedule, self.config.training.timezone,
                  self.trigger.get_next_fire_time(None, self.clock()))
-        return catch_up
+        return self.catch_up
 
     def stop(self) -> None:
+        """No more scheduled runs; a catch-up run still going is cancelled."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self.catch_up is not None and not self.catch_up.done():
+            self.catch_up.cancel()
+
+    async def close(self) -> None:
+        """stop(), then wait for the cancelled catch-up run to unwind (its training run
+        lets go of the lock while the database is still open)."""
+        self.stop()
+        if self.catch_up is not None:
+            await asyncio.wait([self.catch_up])
 
     async def missed_run(self) -> bool:
         last = await self.db.get_state(LAST_RUN_KEY)

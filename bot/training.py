@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from settings import TOKEN_ENV, Config, dump_toml
+from settings.layout import CURVE_FILE
 from storage import Database, TrainingRun
 from trainer.versions import pid_alive
 
-from .config import TOKEN_ENV, Config, dump_toml
-from .engine import Engine
+from .engine_base import GenerationEngine
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ActiveRun:
 
 
 class TrainingService:
-    def __init__(self, config: Config, db: Database, engine: Engine):
+    def __init__(self, config: Config, db: Database, engine: GenerationEngine):
         self.config = config
         self.db = db
         self.engine = engine
@@ -232,7 +233,7 @@ class TrainingService:
                           metrics=done.get("metrics") or {}, error=error or run.error,
                           report=gate.get("report"))
         if done.get("path"):
-            curve = Path(done["path"]) / "loss_curve.png"
+            curve = Path(done["path"]) / CURVE_FILE
             outcome.loss_curve = curve if curve.exists() else None
         if outcome.promoted and outcome.version is not None:
             await self.engine.promote(outcome.adapter, outcome.version,

@@ -16,13 +16,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.config import parse_config
 from bot.engine import Engine
 from bot.generation import AdapterLoadError, GenerationRequest, GenerationTimeout
-from bot.http_api import HttpServer
-from bot.logs import REDACTED
+from bot.http import HttpServer
 from bot.remote_engine import RemoteEngine, RemoteEngineError, create_engine
 from bot.routing import Route, Router
+from settings import parse_config
+from settings.logs import REDACTED
 
 BASE = "base-model"
 API_KEY = "remote-api-key-for-tests-42"

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from bot.config import parse_config
 from bot.training import TrainingBusy, TrainingService
+from settings import parse_config
 from storage import Database
 from tests.conftest import fast_training_toml
 from tests.tiny_model import save_random_adapter
