@@ -15,13 +15,16 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TextIO
 
+from settings import Config
 from storage import Database, StorageError
 
-from .config import Config
-from .engine import Engine, EngineError, GenerationRequest, Sampling
-from .training import TrainingBusy, TrainingService
+from .commands import FORGET_WARNING, Caller, Commands, Refused, Reply, Services
+from .commands.review import review_card
+from .engine import EngineError, GenerationEngine, GenerationRequest, Sampling
+from .training import TrainingService
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +36,40 @@ HELP = """Type a question and press Enter. Commands:
   /good, /bad                 vote on the last answer (a /good makes it a review candidate)
   /adapter list               adapters, their serving version, the one this console uses
   /adapter use NAME           answer with adapter NAME from now on (/adapter use base: none)
-  /adapter create NAME        a new, untrained adapter
-  /adapter info NAME          its versions and their metrics
+  /adapter unbind             answer with the base model from now on
+  /adapter create NAME [BASE] a new adapter (starting from BASE's serving version, if given)
+  /adapter info [NAME]        its versions and their metrics (default: this console's)
   /adapter prompt NAME TEXT   its system prompt (/adapter prompt NAME -: the default)
   /adapter rollback NAME [V]  serve an earlier version again (default: the one before)
   /review                     the next pair waiting for review
   /review approve|reject [ID] decide on it (default: the pair shown by /review)
   /review edit ID TEXT        approve with a corrected answer
   /review also ID QUESTION    approve, and teach QUESTION as another way to ask it
+  /review bulk SCORE [NAME]   approve every pending pair with at least this score
   /stats                      answers, votes, pairs, adapters
+  /export [NAME]              approved pairs as JSONL, written under the data directory
+  /forget yes                 delete every question and vote of this console
   /train [NAME]               train this console's adapter (or NAME) on its approved pairs
+  /train status | cancel      the run going on and the last ones; stop it
   /help                       this text
   /quit                       leave (end of input does the same)"""
+
+
+def number(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a {what}: give a whole number, e.g. 2")
+    return int(text)
+
+
+def write_export(data_dir: Path, reply: Reply) -> Path:
+    """The export's file under data_dir/exports/, written whole or not at all."""
+    folder = data_dir / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / reply.attachment.filename
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(reply.attachment.data)
+    tmp.replace(path)
+    return path
 
 
 def pair_id(text: str) -> int:
@@ -56,7 +81,7 @@ def pair_id(text: str) -> int:
 
 
 class ConsoleChat:
-    def __init__(self, config: Config, engine: Engine, db: Database,
+    def __init__(self, config: Config, engine: GenerationEngine, db: Database,
                  stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout):
         self.config, self.engine, self.db = config, engine, db
         self.stdin, self.stdout = stdin, stdout
@@ -66,15 +91,25 @@ class ConsoleChat:
         self.shown_review: int | None = None
         self.served: tuple[str | None, int | None] = (None, None)  # who answered last
         self.training = TrainingService(config, engine=engine, db=db)
+        self.core = Commands(Services(config=config, db=db, training=self.training,
+                                      promote=engine.promote))
+        # the console is one channel whose single user is its admin
+        self.caller = Caller(user_id=CONSOLE_USER_ID, channel_id=CONSOLE_CHANNEL_ID,
+                             is_admin=True, name="console")
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
             "/adapter": self.adapter, "/review": self.review, "/stats": self.stats,
-            "/train": self.train, "/help": self.help,
+            "/export": self.export, "/forget": self.forget, "/train": self.train,
+            "/help": self.help,
         }
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.stdout.write(text + end)
         self.stdout.flush()
+
+    def show(self, reply: Reply) -> None:
+        for line in reply.lines():
+            self.say(line)
 
     async def run(self) -> int:
         await self.training.recover()
@@ -129,6 +164,8 @@ class ConsoleChat:
             return
         try:
             await handler(args)
+        except Refused as exc:
+            self.say(str(exc).replace("`", ""))
         except (StorageError, EngineError, ValueError) as exc:
             self.say(f"error: {exc}")
 
@@ -179,127 +216,86 @@ class ConsoleChat:
 
     async def adapter(self, args: list[str]) -> None:
         action = args[0].lower() if args else "list"
-        if action == "list":
-            bound = await self.db.resolve_adapter_for(CONSOLE_CHANNEL_ID)
-            adapters = await self.db.list_adapters()
-            if not adapters:
-                self.say("no adapters yet: /adapter create NAME")
-            for record in adapters:
-                serving = await self.db.serving_version(record.name)
-                state = f"v{serving.version} serving" if serving else "not trained yet"
-                here = "  ← this console" if bound and bound.name == record.name else ""
-                self.say(f"  {record.name}: {state}{here}")
-            if bound is None:
-                self.say("this console answers with the base model")
+        ops, me = self.core.adapters, self.caller
+        if action == "list" and len(args) <= 1:
+            self.show(await ops.list(me))
         elif action == "use" and len(args) == 2:
-            if args[1] == "base":
-                await self.db.unbind_channel(CONSOLE_CHANNEL_ID)
-                self.say("this console now answers with the base model")
-            else:
-                await self.db.bind_channel(CONSOLE_CHANNEL_ID, args[1],
-                                           bound_by=CONSOLE_USER_ID)
-                serving = await self.db.serving_version(args[1])
-                version = f"v{serving.version}" if serving else "the base model until trained"
-                self.say(f"this console now answers with {args[1]} ({version})")
-        elif action == "create" and len(args) == 2:
-            await self.db.create_adapter(args[1], self.config.model.name,
-                                         created_by=CONSOLE_USER_ID)
-            self.say(f"created adapter {args[1]}; /adapter use {args[1]} to answer with it")
-        elif action == "info" and len(args) == 2:
-            await self.db.require_adapter(args[1])
-            versions = await self.db.versions(args[1])
-            if not versions:
-                self.say(f"{args[1]} has no trained version yet")
-            for v in versions:
-                metrics = ", ".join(f"{k} {val:.4g}" if isinstance(val, float) else f"{k} {val}"
-                                    for k, val in v.metrics.items())
-                self.say(f"  v{v.version} {v.status} ({v.created_at[:16]}) {metrics}")
-            channels = await self.db.channels_of(args[1])
-            self.say(f"  bound to channels: {', '.join(map(str, channels)) or 'none'}")
+            self.show(await ops.use(me, args[1]))
+        elif action == "unbind" and len(args) == 1:
+            self.show(await ops.unbind(me))
+        elif action == "create" and len(args) in (2, 3):
+            self.show(await ops.create(me, args[1], args[2] if len(args) == 3 else None))
+        elif action == "info" and len(args) in (1, 2):
+            self.show(await ops.info(me, args[1] if len(args) == 2 else None))
         elif action == "prompt" and len(args) >= 3:
-            text = " ".join(args[2:])
-            await self.db.set_system_prompt(args[1], None if text == "-" else text)
-            self.say(f"{args[1]} now answers with "
-                     f"{'the default system prompt' if text == '-' else 'your system prompt'}")
+            self.show(await ops.prompt(me, args[1], " ".join(args[2:])))
         elif action == "rollback" and len(args) in (2, 3):
-            await self.rollback(args[1], int(args[2]) if len(args) == 3 else None)
+            self.show(await ops.rollback(me, args[1], number(args[2], "version")
+                                         if len(args) == 3 else None))
         else:
-            self.say("usage: /adapter list | use NAME | create NAME | info NAME | "
-                     "prompt NAME TEXT | rollback NAME [VERSION]")
-
-    async def rollback(self, name: str, version: int | None) -> None:
-        serving = await self.db.serving_version(name)
-        if version is None:
-            older = [v.version for v in await self.db.versions(name)
-                     if serving is None or v.version < serving.version]
-            if not older:
-                self.say(f"{name} has no earlier version to roll back to")
-                return
-            version = older[-1]
-        await self.engine.promote(name, version, reason="rollback from the console")
-        self.say(f"{name} now serves v{version}")
+            self.say("usage: /adapter list | use NAME | unbind | create NAME [BASE] | "
+                     "info [NAME] | prompt NAME TEXT | rollback NAME [VERSION]")
 
     async def review(self, args: list[str]) -> None:
         action = args[0].lower() if args else "next"
+        ops, me = self.core.review, self.caller
         if action == "next":
-            items = await self.db.reviews("pending", limit=1)
-            if not items:
+            item, waiting = await ops.next(me)
+            if item is None:
                 self.say("nothing waiting for review")
                 return
-            item = items[0]
             self.shown_review = item.turn.id
-            left = await self.db.count_reviews("pending")
-            self.say(f"#{item.turn.id} [{item.adapter_name or 'base'}] score {item.score} "
-                     f"({left} waiting)\n  Q: {item.turn.question}\n  A: {item.turn.answer}\n"
-                     f"  /review approve | /review reject | /review edit {item.turn.id} TEXT"
-                     f" | /review also {item.turn.id} QUESTION")
-            return
-        if action in ("approve", "reject"):
+            self.show(review_card(item, waiting))
+            self.say(f"/review approve | /review reject | /review edit {item.turn.id} TEXT | "
+                     f"/review also {item.turn.id} QUESTION")
+        elif action in ("approve", "reject") and len(args) <= 2:
             turn_id = pair_id(args[1]) if len(args) > 1 else self.shown_review
             if turn_id is None:
                 self.say("which pair? /review shows the next one")
                 return
             status = "approved" if action == "approve" else "rejected"
-            await self.db.decide_review(turn_id, status, reviewer_id=CONSOLE_USER_ID)
-            self.say(f"#{turn_id} {status}")
+            self.show(await ops.decide(me, turn_id, status))
         elif action == "edit" and len(args) >= 3:
-            await self.db.decide_review(pair_id(args[1]), "approved", reviewer_id=CONSOLE_USER_ID,
-                                        edited_answer=" ".join(args[2:]))
-            self.say(f"#{args[1]} approved with your answer")
+            self.show(await ops.decide(me, pair_id(args[1]), "approved",
+                                       edited=" ".join(args[2:])))
         elif action == "also" and len(args) >= 3:
-            item = await self.db.get_review(pair_id(args[1]))
-            if item is None:
-                self.say(f"#{args[1]} is not a review candidate; /review shows the next one")
-                return
-            item = await self.db.decide_review(
-                item.turn.id, "approved", reviewer_id=CONSOLE_USER_ID,
-                edited_answer=item.edited_answer,
-                also_asked=[*item.also_asked, " ".join(args[2:])])
-            self.say(f"#{item.turn.id} approved; also asked as: "
-                     + " · ".join(item.also_asked))
+            self.show(await ops.also(me, pair_id(args[1]), " ".join(args[2:])))
+        elif action == "bulk" and len(args) in (2, 3):
+            score, adapter = number(args[1], "score"), (args[2] if len(args) == 3 else None)
+            self.show(await ops.approve_at_least(me, score, adapter)
+                      if await ops.count_at_least(me, score, adapter)
+                      else ops.nothing_at_least(score))
         else:
             self.say("usage: /review | /review approve [ID] | /review reject [ID] | "
-                     "/review edit ID TEXT | /review also ID QUESTION")
+                     "/review edit ID TEXT | /review also ID QUESTION | "
+                     "/review bulk SCORE [ADAPTER]")
 
     async def stats(self, args: list[str]) -> None:
-        stats = await self.db.stats()
-        self.say("  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+        self.show(await self.core.data.stats(self.caller))
+
+    async def export(self, args: list[str]) -> None:
+        reply = await self.core.data.export(self.caller, args[0] if args else None)
+        path = await asyncio.to_thread(write_export, self.config.data_dir, reply)
+        self.say(f"{reply.text} Written to {path}")
+
+    async def forget(self, args: list[str]) -> None:
+        if args != ["yes"]:
+            self.say(FORGET_WARNING + " Type /forget yes to go ahead.")
+            return
+        reply, turn_ids = await self.core.data.forget(self.caller)
+        self.show(reply)
+        cleaned = await self.core.data.forget_files(turn_ids)
+        if cleaned is not None:
+            self.show(cleaned)
+        self.history, self.last_turn, self.shown_review = [], None, None
 
     async def train(self, args: list[str]) -> None:
-        adapter = args[0] if args else None
-        if adapter is None:
-            bound = await self.db.resolve_adapter_for(CONSOLE_CHANNEL_ID)
-            if bound is None:
-                self.say("which adapter? /train NAME, or /adapter use NAME first")
-                return
-            adapter = bound.name
-        try:
-            run = await self.training.start(adapter, trigger="manual",
-                                            requested_by=CONSOLE_USER_ID)
-        except TrainingBusy as exc:
-            self.say(f"error: {exc}")
+        ops, me = self.core.training, self.caller
+        if args and args[0].lower() in ("status", "cancel") and len(args) == 1:
+            self.show(await (ops.status(me) if args[0].lower() == "status" else ops.cancel(me)))
             return
-        self.say(f"training {adapter} (run {run.id})…")
+        run = await ops.start(me, args[0] if args else None)
+        self.say(f"training {run.adapter} (run {run.id})…")
         last = 0.0
 
         async def on_event(event: dict) -> None:

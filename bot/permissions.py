@@ -9,9 +9,9 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from .config import DiscordConfig
+from settings import DiscordConfig
 
-ADMIN_HELP = "members with the Manage Server permission or an admin role from the bot's config"
+from .commands.base import ADMIN_HELP
 
 
 class NotAdmin(app_commands.CheckFailure):

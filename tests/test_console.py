@@ -39,11 +39,11 @@ async def test_ask_vote_review_round_trip(console):
     run, db = console
     out = await run("What is two plus two?\n/good\n/review\n/review approve\n/stats\n")
     assert "👍 recorded on answer #1 (score 1) — now a review candidate" in out
-    assert "#1 [base] score 1 (1 waiting)" in out
+    assert "Pair #1 · score +1" in out and "1 waiting" in out
     assert "#1 approved" in out
     [pair] = await db.approved_pairs()
     assert pair.question == "What is two plus two?"
-    assert "approved 1" in out
+    assert "approved pairs: 1" in out
     out = await run("/review also 1 How much is 2 + 2?\n/review also 1 how much is 2 + 2?\n"
                     "/review also 9 Nothing?\n/review also x What?\n/review approve #1\n")
     assert "#1 approved; also asked as: How much is 2 + 2?" in out
@@ -72,16 +72,16 @@ async def test_adapters_from_the_console(console, tiny_model_dir, tiny_config):
     run, db = console
     out = await run("/adapter list\n/adapter create faq\n/adapter use faq\n/adapter use nope\n"
                     "/adapter create ../x\nHi\n/adapter list\n/adapter info faq\n")
-    assert "no adapters yet" in out
-    assert "this console now answers with faq (the base model until trained)" in out
+    assert "No adapters yet" in out
+    assert "This channel now answers with faq (the base model until it is trained)" in out
     assert "error: unknown adapter 'nope'; known adapters: faq" in out
     assert "error: invalid adapter name '../x'" in out
-    assert "faq: not trained yet  ← this console" in out
+    assert "faq — not trained yet; the console ← this channel" in out
     turn = await db.get_turn(1)
     assert (turn.adapter_name, turn.adapter_version) == ("faq", None)
 
     out = await run("/adapter prompt faq Only talk about apples.\n")
-    assert "faq now answers with your system prompt" in out
+    assert "faq now answers with your system prompt." in out
     router = Router(tiny_config, db)
     assert (await router.resolve(0)).system_prompt == "Only talk about apples."
     await run("/adapter prompt faq -\n")
@@ -93,11 +93,11 @@ async def test_adapters_from_the_console(console, tiny_model_dir, tiny_config):
         await db.add_version("faq", path=str(path.relative_to(tiny_config.adapters_dir)),
                              status="serving", metrics={"eval_loss": 1.0 / version})
     out = await run("Hi\n/adapter rollback faq\nHi\n/adapter info faq\n")
-    assert "faq now serves v1" in out
+    assert "faq now serves v1 (was v2)." in out
     # a version says so when it starts answering: v2, then v1 after the rollback
     assert out.count("(answered by faq v") == 2
     assert out.index("(answered by faq v2)") < out.index("(answered by faq v1)")
-    assert "v1 serving" in out and "v2 retired" in out
+    assert "  v1 — serving: " in out and "  v2 — retired: " in out
     versions = [(t.adapter_name, t.adapter_version) for t in
                 [await db.get_turn(2), await db.get_turn(3)]]
     assert versions == [("faq", 2), ("faq", 1)]

@@ -602,16 +602,6 @@ async def test_version_page_shows_the_gate_report_curve_and_data(site):
     assert missing.status == 404
 
 
-def test_file_names_match_what_the_trainer_writes():
-    from bot.web import runs, versions
-    from trainer import pipeline
-    from trainer import versions as trainer_versions
-
-    assert runs.EVENTS_FILE == pipeline.EVENTS_FILE
-    assert versions.META_FILE == trainer_versions.META_FILE
-    assert versions.CURVE_FILE == trainer_versions.CURVE_FILE
-
-
 # --- training runs -----------------------------------------------------------------------
 
 async def _read_sse(response, until: str) -> list[tuple[str, dict]]:
@@ -712,7 +702,7 @@ async def test_start_and_cancel_go_through_the_training_service(site):
     await asyncio.wait_for(_until(lambda: training.active is None), 5)
     assert "on its approved pairs now" in await s2.page("/runs")
     await s2.act("/runs/cancel", status=409)
-    unknown = await s2.act("/runs/start", {"adapter": "nope"}, status=400)
+    unknown = await s2.act("/runs/start", {"adapter": "nope"}, status=404)
     assert "unknown adapter 'nope'" in unknown["error"]
     actions = [(a["action"], a["target"]) for a in await s.db.admin_actions()
                if a["action"].startswith("train")]

@@ -1,7 +1,9 @@
-"""What every slash-command cog shares: replying, errors, adapter autocomplete."""
+"""What every slash-command cog shares: the command core, replying, errors, adapter
+autocomplete."""
 
 from __future__ import annotations
 
+import io
 import logging
 
 import discord
@@ -10,7 +12,9 @@ from discord.ext import commands
 
 from storage import StorageError
 
+from ..commands import Caller, Commands, Refused, Reply, Services
 from ..engine import EngineError
+from ..permissions import is_admin
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ async def report_error(interaction: discord.Interaction,
     original = getattr(error, "original", error)
     if isinstance(error, app_commands.CheckFailure):
         message = str(error) or "You are not allowed to use this command."
+    elif isinstance(original, Refused):
+        message = str(original)
     elif isinstance(original, EXPECTED):
         message = f"⚠️ {original}"
     else:
@@ -42,6 +48,46 @@ async def report_error(interaction: discord.Interaction,
         await reply(interaction, message)
     except discord.HTTPException:
         log.warning("could not report an error to the user: %s", message)
+
+
+async def send_reply(interaction: discord.Interaction, answer: Reply, **kwargs) -> None:
+    """A command core reply on Discord: an embed when it has a title or fields, the
+    attachment as a file, ephemeral unless the reply is for the channel."""
+    if answer.title or answer.fields:
+        kwargs["embed"] = embed_of(answer)
+        content = None
+    else:
+        content = answer.text
+    if answer.attachment is not None:
+        kwargs["file"] = discord.File(io.BytesIO(answer.attachment.data),
+                                      filename=answer.attachment.filename)
+    await reply(interaction, content, ephemeral=not answer.public, **kwargs)
+
+
+def embed_of(answer: Reply, colour: discord.Colour | None = None) -> discord.Embed:
+    embed = discord.Embed(title=answer.title, description=answer.text or None, colour=colour)
+    for name, value in answer.fields:
+        embed.add_field(name=name, value=value, inline=len(value) < 40)
+    if answer.footer:
+        embed.set_footer(text=answer.footer)
+    return embed
+
+
+def caller_of(interaction: discord.Interaction) -> Caller:
+    """Who runs a slash command, a button or a form, for the command core."""
+    config = interaction.client.config
+    return Caller(user_id=interaction.user.id, channel_id=interaction.channel_id,
+                  guild_id=interaction.guild_id, is_admin=is_admin(interaction, config.discord),
+                  name=str(interaction.user))
+
+
+def core_of(bot) -> Commands:
+    """The bot's one command core, made on first use from the parts the bot holds."""
+    core = getattr(bot, "core", None)
+    if core is None:
+        core = bot.core = Commands(Services(config=bot.config, db=bot.db,
+                                            training=bot.training, promote=bot.engine.promote))
+    return core
 
 
 async def adapter_names(interaction: discord.Interaction,
@@ -58,15 +104,7 @@ class SlashCog(commands.Cog):
         self.bot = bot
         self.config = bot.config
         self.db = bot.db
+        self.core = core_of(bot)
 
     async def cog_app_command_error(self, interaction, error) -> None:
         await report_error(interaction, error)
-
-    async def channel_adapter(self, interaction: discord.Interaction,
-                              none_message: str) -> str | None:
-        """The adapter bound to this channel (or its server); says `none_message` if none."""
-        here = await self.db.resolve_adapter_for(interaction.channel_id, interaction.guild_id)
-        if here is None:
-            await reply(interaction, none_message)
-            return None
-        return here.name

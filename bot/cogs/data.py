@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
-import logging
-from dataclasses import asdict
-
 import discord
 from discord import app_commands
 
-from trainer.versions import forget_turns
-
+from ..commands import FORGET_WARNING
 from ..permissions import admin_only
-from ._common import SlashCog, adapter_names, reply
-
-log = logging.getLogger(__name__)
+from ._common import SlashCog, adapter_names, caller_of, reply, send_reply
 
 
 class ConfirmForget(discord.ui.View):
@@ -34,30 +25,13 @@ class ConfirmForget(discord.ui.View):
     @discord.ui.button(label="Delete my data", style=discord.ButtonStyle.danger,
                        custom_id="forget:confirm")
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button):
-        config = self.cog.config
-        counts = await self.cog.db.forget_user(self.user_id,
-                                               min_score=config.feedback.min_score)
+        done, turn_ids = await self.cog.core.data.forget(caller_of(interaction))
         self.stop()
-        await interaction.response.edit_message(
-            content=f"Deleted {counts['turns']} of your questions (with the bot's answers to "
-                    f"them) and {counts['votes']} of your votes. They will not train any "
-                    f"future version.", view=None)
-        # trained versions keep lists of what they were taught and judged on: cleaned after
-        # the reply (many versions take longer than Discord waits for one)
-        try:
-            removed = await asyncio.to_thread(forget_turns, config.adapters_dir,
-                                              config.data_dir / "cache",
-                                              set(counts["turn_ids"]))
-        except OSError:
-            log.exception("/forget: the versions' question lists could not be cleaned")
-            await interaction.followup.send(
-                "Your questions could not be removed from the stored training records; the "
-                "admins have the error in the log.", ephemeral=True)
-            return
-        if removed:
-            await interaction.followup.send(
-                f"They were also removed from {removed} stored training record(s).",
-                ephemeral=True)
+        await interaction.response.edit_message(content=done.text, view=None)
+        # many versions' files take longer to clean than Discord waits for a reply
+        cleaned = await self.cog.core.data.forget_files(turn_ids)
+        if cleaned is not None:
+            await interaction.followup.send(cleaned.text, ephemeral=True)
 
     @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary,
                        custom_id="forget:cancel")
@@ -69,19 +43,7 @@ class ConfirmForget(discord.ui.View):
 class Data(SlashCog):
     @app_commands.command(name="stats", description="Answers, votes, pairs and adapters")
     async def stats(self, interaction: discord.Interaction) -> None:
-        stats = await self.db.stats()
-        runs = await self.db.list_runs(limit=1)
-        embed = discord.Embed(title="What the bot has learned from")
-        for key, label in (("answers", "answers"), ("votes", "votes"),
-                           ("pending", "pairs waiting for review"),
-                           ("approved", "approved pairs"), ("rejected", "rejected pairs"),
-                           ("adapters", "adapters"), ("runs", "training runs")):
-            embed.add_field(name=label, value=str(stats[key]))
-        if runs:
-            last = runs[0]
-            embed.add_field(name="last run", value=f"{last.adapter}: {last.status} "
-                            f"({(last.finished_at or last.created_at)[:16]})", inline=False)
-        await reply(interaction, embed=embed)
+        await send_reply(interaction, await self.core.data.stats(caller_of(interaction)))
 
     @app_commands.command(name="export", description="Approved pairs as a JSONL file")
     @app_commands.describe(adapter="Only this adapter's pairs (default: all)")
@@ -89,21 +51,13 @@ class Data(SlashCog):
     @app_commands.default_permissions(manage_guild=True)
     @admin_only()
     async def export(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        pairs = await self.db.approved_pairs(adapter)
-        body = "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in pairs)
-        name = f"{adapter or 'all'}-approved.jsonl"
-        await reply(interaction, f"{len(pairs)} approved pairs.",
-                    file=discord.File(io.BytesIO(body.encode("utf-8")), filename=name))
+        await send_reply(interaction, await self.core.data.export(caller_of(interaction),
+                                                                  adapter))
 
     @app_commands.command(name="forget", description="Delete your stored questions and votes")
     async def forget(self, interaction: discord.Interaction) -> None:
-        await reply(interaction, "This deletes every question you asked the bot (with its "
-                    "answers) and every vote you cast. Pairs already used by a trained version "
-                    "stay in that version's weights (its stored lists of questions are "
-                    "cleaned), but never train another. Continue?",
+        await reply(interaction, FORGET_WARNING + " Continue?",
                     view=ConfirmForget(self, interaction.user.id))
 
 

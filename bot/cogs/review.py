@@ -12,32 +12,17 @@ from discord import app_commands
 
 from storage import ReviewItem
 
+from ..commands.review import clip, review_card
 from ..permissions import NotAdmin, admin_only, is_admin
-from ._common import SlashCog, adapter_names, reply
+from ._common import SlashCog, adapter_names, caller_of, embed_of, reply, send_reply
 
 log = logging.getLogger(__name__)
 
 VIEW_TIMEOUT_S = 900
 
 
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def review_embed(item: ReviewItem, waiting: int) -> discord.Embed:
-    turn = item.turn
-    embed = discord.Embed(title=f"Pair #{turn.id} · score {item.score:+d}",
-                          description=f"**Question**\n{clip(turn.question, 1500)}\n\n"
-                                      f"**Answer**\n{clip(turn.answer, 2300)}",
-                          colour=discord.Colour.blurple())
-    if turn.context:
-        recent = "\n".join(f"{m['role']}: {clip(m['content'], 150)}" for m in turn.context[-4:])
-        embed.add_field(name="context (last turns)", value=clip(recent, 1024), inline=False)
-    version = f" v{turn.adapter_version}" if turn.adapter_version else ""
-    embed.add_field(name="adapter", value=f"{item.adapter_name or 'base model'}{version}")
-    embed.add_field(name="channel", value=f"<#{turn.channel_id}>" if turn.channel_id else "console")
-    embed.set_footer(text=f"{waiting} waiting · asked {turn.created_at[:16].replace('T', ' ')}")
-    return embed
+    return embed_of(review_card(item, waiting), colour=discord.Colour.blurple())
 
 
 class EditAnswer(discord.ui.Modal, title="Correct the answer"):
@@ -108,27 +93,26 @@ class ReviewView(discord.ui.View):
 
     async def decide(self, interaction: discord.Interaction, status: str,
                      edited: str | None = None, also_asked: list[str] | None = None) -> None:
-        item = await self.cog.db.decide_review(self.item.turn.id, status,
-                                               reviewer_id=interaction.user.id,
-                                               edited_answer=edited, also_asked=also_asked)
+        done = await self.cog.core.review.decide(caller_of(interaction), self.item.turn.id,
+                                                 status, edited=edited, also_asked=also_asked)
         self.tally[status] += 1
-        log.info("pair %d %s by %d%s%s", self.item.turn.id, status, interaction.user.id,
-                 " with an edited answer" if edited else "",
-                 f", also asked {len(item.also_asked)} other way(s)" if item.also_asked else "")
-        await self.show_next(interaction)
+        await self.show_next(interaction, done.text)
 
-    async def show_next(self, interaction: discord.Interaction) -> None:
+    async def show_next(self, interaction: discord.Interaction, done: str | None = None) -> None:
         self.stop()
-        item, waiting = await self.cog.next_item(self.adapter, self.skipped)
+        item, waiting = await self.cog.core.review.next(caller_of(interaction), self.adapter,
+                                                        self.skipped)
         if item is None:
-            done = (f"Nothing left to review. This session: {self.tally['approved']} approved, "
-                    f"{self.tally['rejected']} rejected, {len(self.skipped)} skipped.")
-            await interaction.response.edit_message(content=done, embed=None, view=None)
+            summary = (f"Nothing left to review. This session: {self.tally['approved']} "
+                       f"approved, {self.tally['rejected']} rejected, {len(self.skipped)} "
+                       f"skipped.")
+            content = f"{done}. {summary}" if done else summary
+            await interaction.response.edit_message(content=content, embed=None, view=None)
             return
         view = ReviewView(self.cog, self.reviewer_id, self.adapter, item, self.skipped,
                           self.tally)
-        await interaction.response.edit_message(content=None,
-                                                embed=review_embed(item, waiting), view=view)
+        await interaction.response.edit_message(content=done, embed=review_embed(item, waiting),
+                                                view=view)
 
 
 class ConfirmBulk(discord.ui.View):
@@ -145,12 +129,10 @@ class ConfirmBulk(discord.ui.View):
     @discord.ui.button(label="Approve them", style=discord.ButtonStyle.success,
                        custom_id="review:bulk-confirm")
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button):
-        approved = await self.cog.db.approve_pending_at_least(
-            self.min_score, reviewer_id=interaction.user.id, adapter=self.adapter)
+        done = await self.cog.core.review.approve_at_least(caller_of(interaction),
+                                                           self.min_score, self.adapter)
         self.stop()
-        await interaction.response.edit_message(
-            content=f"Approved {approved} pairs with a score of at least {self.min_score}.",
-            view=None)
+        await interaction.response.edit_message(content=done.text, view=None)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary,
                        custom_id="review:bulk-cancel")
@@ -164,22 +146,12 @@ class Review(SlashCog):
                                 "answers before they train an adapter",
                                 default_permissions=discord.Permissions(manage_guild=True))
 
-    async def next_item(self, adapter: str | None,
-                        skipped: set[int]) -> tuple[ReviewItem | None, int]:
-        waiting = await self.db.count_reviews("pending", adapter)
-        for item in await self.db.reviews("pending", adapter, limit=len(skipped) + 1):
-            if item.turn.id not in skipped:
-                return item, waiting
-        return None, waiting
-
     @review.command(name="start", description="Review pending pairs one at a time")
     @app_commands.describe(adapter="Only this adapter's pairs (default: all)")
     @app_commands.autocomplete(adapter=adapter_names)
     @admin_only()
     async def start(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
-        item, waiting = await self.next_item(adapter, set())
+        item, waiting = await self.core.review.next(caller_of(interaction), adapter)
         if item is None:
             await reply(interaction, "Nothing waiting for review.")
             return
@@ -194,16 +166,24 @@ class Review(SlashCog):
     async def bulk(self, interaction: discord.Interaction,
                    min_score: app_commands.Range[int, 1, 1000],
                    adapter: str | None = None) -> None:
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
-        count = await self.db.count_pending_at_least(min_score, adapter)
+        count = await self.core.review.count_at_least(caller_of(interaction), min_score, adapter)
         if count == 0:
-            await reply(interaction, f"No pending pair has a score of at least {min_score}.")
+            await send_reply(interaction, self.core.review.nothing_at_least(min_score))
             return
         scope = f" of **{adapter}**" if adapter else ""
         await reply(interaction, f"Approve {count} pending pairs{scope} with a score of at "
                     f"least {min_score}? They will train the next version.",
                     view=ConfirmBulk(self, min_score, adapter, count))
+
+    @review.command(name="also", description="Approve a pair and teach another way to ask "
+                    "its question")
+    @app_commands.describe(pair="The pair's number (#12 on its review card)",
+                           question="Another way people ask this question")
+    @admin_only()
+    async def also(self, interaction: discord.Interaction, pair: app_commands.Range[int, 1],
+                   question: str) -> None:
+        await send_reply(interaction, await self.core.review.also(caller_of(interaction), pair,
+                                                                  question))
 
     @review.command(name="web", description="A one-time link to the review page in your "
                     "browser")

@@ -11,8 +11,8 @@ import discord
 from discord import app_commands
 
 from ..permissions import admin_only
-from ..training import Outcome, TrainingBusy
-from ._common import SlashCog, adapter_names, reply, report_error
+from ..training import Outcome
+from ._common import SlashCog, adapter_names, caller_of, send_reply
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +29,14 @@ class Training(SlashCog):
         self.service = bot.training
         self.followers: set[asyncio.Task] = set()
 
-    async def cog_app_command_error(self, interaction, error) -> None:
-        original = getattr(error, "original", error)
-        if isinstance(original, TrainingBusy):
-            await reply(interaction, f"⏳ {original}")
-            return
-        await report_error(interaction, error)
-
     @train.command(name="start", description="Train now on the approved pairs")
     @app_commands.describe(adapter="The adapter to train (default: this channel's)")
     @app_commands.autocomplete(adapter=adapter_names)
     @admin_only()
     async def start(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
-        adapter = adapter or await self.channel_adapter(
-            interaction, "This channel has no adapter: name one, or bind one with `/adapter use`.")
-        if adapter is None:
-            return
-        await interaction.response.defer(thinking=True)
-        run = await self.service.start(adapter, trigger="manual",
-                                       requested_by=interaction.user.id)
+        await interaction.response.defer(thinking=True)  # starting the child takes a moment
+        run = await self.core.training.start(caller_of(interaction), adapter)
+        adapter = run.adapter
         # the run is followed to its end even if Discord refuses the progress message:
         # otherwise nobody drains its events and the service stays busy
         task = asyncio.create_task(self.report(interaction, adapter, run.id))
@@ -103,25 +92,14 @@ class Training(SlashCog):
     @train.command(name="status", description="The training run going on, and the last ones")
     @admin_only()
     async def status(self, interaction: discord.Interaction) -> None:
-        lines = []
-        if self.service.active is not None:
-            lines.append(f"Running: {self.service.active.progress()}")
-        for run in await self.db.list_runs(limit=5):
-            lines.append(f"run {run.id} · {run.adapter} · {run.status}"
-                         + (f" · v{run.version}" if run.version else "")
-                         + (f" · {run.error[:120]}" if run.error else ""))
-        await reply(interaction, "\n".join(lines) or "No training runs yet.")
+        await send_reply(interaction, await self.core.training.status(caller_of(interaction)))
 
     @train.command(name="cancel", description="Stop the training run going on")
     @admin_only()
     async def cancel(self, interaction: discord.Interaction) -> None:
-        if self.service.active is None:
-            await reply(interaction, "No training run is going on.")
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.service.cancel()
-        await reply(interaction, "Stopped; the run is recorded as cancelled and the serving "
-                    "version is unchanged.")
+        if self.service.active is not None:  # stopping the child takes a moment
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        await send_reply(interaction, await self.core.training.cancel(caller_of(interaction)))
 
 
 async def setup(bot) -> None:

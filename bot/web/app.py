@@ -22,9 +22,21 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from storage import Database
+from settings import Config
+from storage import Database, StorageError
 
-from ..config import Config
+from ..commands import (
+    Busy,
+    Caller,
+    Commands,
+    Conflict,
+    Missing,
+    NotAdmin,
+    Refused,
+    Services,
+    plain,
+)
+from ..commands.services import Promote
 from .sessions import COOKIE_NAME, RIGHTS_RECHECK_S, Admin, ReviewSessions, Session
 
 log = logging.getLogger(__name__)
@@ -44,7 +56,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-Promote = Callable[..., Awaitable[Any]]  # engine.promote(adapter, version, reason=...)
 
 
 @dataclass
@@ -62,8 +73,11 @@ class ReviewSite:
     check_admin: Callable[[int, int], Awaitable[bool | None]] | None = None
     followers: set[asyncio.Task] = field(default_factory=set)
     templates: jinja2.Environment = field(init=False)
+    core: Commands = field(init=False)  # the operations, as the cogs and the console call them
 
     def __post_init__(self) -> None:
+        self.core = Commands(Services(config=self.config, db=self.db, training=self.training,
+                                      promote=self.promote))
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined,
@@ -92,6 +106,26 @@ SESSION = web.RequestKey("review_session", Session)  # set by require_session
 def admin_of(request: web.Request) -> Admin:
     """The signed-in admin: whose Discord id every action records."""
     return request[SESSION].admin
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The signed-in admin, for the command core (the session proves the rights, and
+    `require_session` asks Discord again while it lasts)."""
+    admin = admin_of(request)
+    return Caller(user_id=admin.id, channel_id=None, guild_id=admin.guild_id, is_admin=True,
+                  name=admin.name)
+
+
+# LookupError: storage's unknown adapter or version
+REFUSAL_STATUS = ((NotAdmin, 403), (Missing, 404), (LookupError, 404), (Conflict, 409),
+                  (Busy, 409))
+EXPECTED = (Refused, StorageError, ValueError)  # what `refused` answers; the rest is a bug
+
+
+def refused(request: web.Request, exc: Exception) -> web.Response:
+    """A command core refusal (or a storage error) as the page shows it."""
+    status = next((code for kind, code in REFUSAL_STATUS if isinstance(exc, kind)), 400)
+    return failure(request, status, plain(str(exc)))
 
 
 def create_review_app(*, config: Config, db: Database, sessions: ReviewSessions,

@@ -9,17 +9,17 @@ byte for byte what `/export` attaches.
 from __future__ import annotations
 
 import difflib
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from storage import BASE_ADAPTER, Pair, StorageError
+from storage import BASE_ADAPTER, StorageError
 
-from .app import SITE, admin_of, done, failure, nav_counts, render, safe_back, url
+from ..commands import Refused
+from .app import SITE, caller_of, done, failure, nav_counts, refused, render, safe_back, url
 
 PAGE_SIZE = 100
 MAX_EDIT_CHARS = 16000
@@ -101,11 +101,6 @@ def word_diff(old: str, new: str) -> list[tuple[str, str]]:
     return runs
 
 
-def jsonl_body(pairs: list[Pair]) -> bytes:
-    """The export file: one JSON object per approved pair, as `/export` writes it."""
-    return "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in pairs).encode()
-
-
 async def review_counts(request: web.Request) -> dict[str, int]:
     db = request.app[SITE].db
     return {status: await db.count_reviews(status)
@@ -180,9 +175,8 @@ async def decide(request: web.Request) -> web.Response:
     refusal = await _pending_items(request, ids)
     if refusal is not None:
         return refusal
-    reviewer = admin_of(request).id
     for turn_id in ids:
-        await site.db.decide_review(turn_id, status, reviewer_id=reviewer)
+        await site.core.review.decide(caller_of(request), turn_id, status)
     await site.record(request, DECISIONS[status], _pairs_target(ids), ids=ids)
     return done(request, {"done": ids, "status": status, "counts": await review_counts(request)},
                 safe_back(request, form.get("next"), url(request, "pending")))
@@ -206,8 +200,9 @@ async def edit(request: web.Request) -> web.Response:
         return refusal
     asked = form.get("also_asked")  # absent (an older form): what is stored stays
     also_asked = asked.replace("\r\n", "\n").splitlines() if isinstance(asked, str) else None
-    item = await site.db.decide_review(turn_id, "approved", reviewer_id=admin_of(request).id,
-                                       edited_answer=text, also_asked=also_asked)
+    await site.core.review.decide(caller_of(request), turn_id, "approved", edited=text,
+                                  also_asked=also_asked)
+    item = await site.db.get_review(turn_id)
     await site.record(request, "edit", f"pair {turn_id}", chars=len(text),
                       also_asked=len(item.also_asked))
     return done(request, {"done": [turn_id], "status": "approved",
@@ -230,13 +225,11 @@ async def approve_at_least(request: web.Request) -> web.Response:
         return failure(request, 400, "approval by score works for one adapter or for all; "
                        "choose an adapter or 'all adapters'")
     try:
-        if adapter is not None:
-            await site.db.require_adapter(str(adapter))
+        result = await site.core.review.approve_at_least(caller_of(request), min_score,
+                                                         str(adapter) if adapter else None)
     except StorageError as exc:
-        return failure(request, 404, str(exc))
-    approved = await site.db.approve_pending_at_least(
-        min_score, reviewer_id=admin_of(request).id,
-        adapter=str(adapter) if adapter else None)
+        return refused(request, exc)
+    approved = result.values["approved"]
     await site.record(request, "approve_at_least", adapter or "all adapters",
                       min_score=min_score, approved=approved)
     return done(request, {"approved": approved, "counts": await review_counts(request)},
@@ -248,13 +241,10 @@ async def unapprove(request: web.Request) -> web.Response:
     site = request.app[SITE]
     turn_id = int(request.match_info["turn_id"])
     form = await request.post()
-    item = await site.db.get_review(turn_id)
-    if item is None:
-        return failure(request, 404, f"pair {turn_id} is not a review candidate")
-    if item.status != "approved":
-        return failure(request, 409, f"pair {turn_id} is {item.status}, not approved")
-    await site.db.decide_review(turn_id, "pending", reviewer_id=admin_of(request).id,
-                                edited_answer=item.edited_answer)
+    try:
+        await site.core.review.unapprove(caller_of(request), turn_id)
+    except Refused as exc:
+        return refused(request, exc)
     await site.record(request, "unapprove", f"pair {turn_id}")
     return done(request, {"done": [turn_id], "status": "pending",
                           "counts": await review_counts(request)},
@@ -266,16 +256,14 @@ async def export(request: web.Request) -> web.Response:
     site = request.app[SITE]
     adapter = request.query.get("adapter") or None
     try:
-        if adapter is not None:
-            await site.db.require_adapter(adapter)
+        exported = (await site.core.data.export(caller_of(request), adapter)).attachment
     except StorageError as exc:
-        return failure(request, 404, str(exc))
-    pairs = await site.db.approved_pairs(adapter)
-    await site.record(request, "export", adapter or "all adapters", pairs=len(pairs))
-    filename = f"{adapter or 'all'}-approved.jsonl"
-    return web.Response(body=jsonl_body(pairs), content_type="application/x-ndjson",
-                        charset="utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return refused(request, exc)
+    await site.record(request, "export", adapter or "all adapters",
+                      pairs=exported.data.count(b"\n"))
+    return web.Response(body=exported.data, content_type="application/x-ndjson",
+                        charset="utf-8", headers={
+                            "Content-Disposition": f'attachment; filename="{exported.filename}"'})
 
 
 def _pairs_target(ids: list[int]) -> str:

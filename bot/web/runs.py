@@ -18,14 +18,25 @@ from typing import Any
 
 from aiohttp import web
 
+from settings import layout
+from settings.layout import EVENTS_FILE
 from storage import StorageError, TrainingRun
 
-from ..training import TrainingBusy
-from .app import SECURITY_HEADERS, SITE, admin_of, done, failure, nav_counts, render, url
+from .app import (
+    EXPECTED,
+    SECURITY_HEADERS,
+    SITE,
+    caller_of,
+    done,
+    failure,
+    nav_counts,
+    refused,
+    render,
+    url,
+)
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = "events.jsonl"  # trainer.pipeline.EVENTS_FILE
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 KEEPALIVE_S = 15.0
 
@@ -39,7 +50,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 def run_events_path(config, run: TrainingRun) -> Path:
     """Where a run writes its events: beside its log, inside the data directory."""
-    default = config.data_dir / "runs" / run.adapter / f"run-{run.id}" / EVENTS_FILE
+    default = layout.run_dir(config.data_dir, run.adapter, run.id) / EVENTS_FILE
     if not run.log_path:
         return default
     path = (Path(run.log_path).parent / EVENTS_FILE).resolve()
@@ -104,13 +115,10 @@ async def start_run(request: web.Request) -> web.Response:
     adapter = form.get("adapter")
     if not isinstance(adapter, str) or not adapter:
         return failure(request, 400, "choose the adapter to train")
-    admin = admin_of(request)
     try:
-        run = await site.training.start(adapter, trigger="manual", requested_by=admin.id)
-    except TrainingBusy as exc:
-        return failure(request, 409, str(exc))
-    except (StorageError, ValueError) as exc:
-        return failure(request, 400, str(exc))
+        run = await site.core.training.start(caller_of(request), adapter)
+    except EXPECTED as exc:
+        return refused(request, exc)
     # someone must read the run's events to its end, or the service stays busy
     task = asyncio.create_task(_follow(site, run.id))
     site.followers.add(task)
@@ -136,7 +144,7 @@ async def cancel_run(request: web.Request) -> web.Response:
         return failure(request, 409, "no training run is going on")
     run_id = active.run.id
     await site.record(request, "train_cancel", f"run {run_id}")
-    await site.training.cancel()
+    await site.core.training.cancel(caller_of(request))
     return done(request, {"run_id": run_id, "cancelled": True},
                 url(request, "runs", {"run": run_id}))
 

@@ -17,14 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
+from settings.layout import CURVE_FILE, META_FILE
 from storage import AdapterVersion, StorageError
 
 from ..routing import confined_adapter_path
-from .app import SITE, admin_of, done, failure, nav_counts, render, url
+from .app import EXPECTED, SITE, caller_of, done, failure, nav_counts, refused, render, url
 from .runs import read_events, run_events_path
 
-META_FILE = "training_meta.json"  # trainer.versions.META_FILE
-CURVE_FILE = "loss_curve.png"  # trainer.versions.CURVE_FILE
 SHOWN_HYPERPARAMETERS = ("method", "epochs", "learning_rate", "batch_size", "lora_r",
                          "lora_alpha", "max_seq_len", "seed")
 
@@ -149,24 +148,16 @@ async def serve(request: web.Request) -> web.Response:
     """Promote a candidate or roll back to an older version, without a restart."""
     site = request.app[SITE]
     adapter, number = request.match_info["adapter"], int(request.match_info["version"])
-    try:
-        record = await site.db.get_version(adapter, number)
-    except StorageError as exc:
-        return failure(request, 404, str(exc))
-    if record.status == "serving":
-        return failure(request, 409, f"{adapter} v{number} is already serving")
     before = await site.db.serving_version(adapter)
-    verb = "rolled back" if before is not None and number < before.version else "promoted"
-    admin = admin_of(request)
-    reason = f"{verb} by {admin.name} ({admin.id}) on the web review page"
     try:
-        if site.promote is not None:
-            await site.promote(adapter, number, reason=reason)  # loads it, then serves it
-        else:
-            await site.db.set_serving(adapter, number, reason=reason)
-    except (StorageError, ValueError, RuntimeError) as exc:
+        await site.core.adapters.serve(caller_of(request), adapter, number,
+                                       where=" on the web review page")
+    except EXPECTED as exc:
+        return refused(request, exc)
+    except RuntimeError as exc:  # the engine could not load it
         return failure(request, 400, f"{adapter} v{number} could not be served: {exc}")
-    await site.record(request, "rollback" if verb == "rolled back" else "promote",
+    rolled_back = before is not None and number < before.version
+    await site.record(request, "rollback" if rolled_back else "promote",
                       f"{adapter} v{number}", was=before.version if before else None)
     return done(request, {"adapter": adapter, "serving": number,
                           "was": before.version if before else None},

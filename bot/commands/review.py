@@ -1,0 +1,115 @@
+"""Review operations: the next pending pair, decide on it (approve, reject, correct), other
+ways to ask, bulk approval by score."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+from storage import ReviewItem
+
+from .adapters import channel_text
+from .base import Caller, Conflict, Missing, Reply, require_admin
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("approved", "rejected")
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def review_card(item: ReviewItem, waiting: int) -> Reply:
+    """A pending pair as a reviewer sees it (within Discord's embed limits)."""
+    turn = item.turn
+    card = Reply(f"**Question**\n{clip(turn.question, 1500)}\n\n"
+                 f"**Answer**\n{clip(turn.answer, 2300)}",
+                 title=f"Pair #{turn.id} · score {item.score:+d}",
+                 footer=f"{waiting} waiting · asked {turn.created_at[:16].replace('T', ' ')}")
+    if turn.context:
+        recent = "\n".join(f"{m['role']}: {clip(m['content'], 150)}" for m in turn.context[-4:])
+        card.fields.append(("context (last turns)", clip(recent, 1024)))
+    version = f" v{turn.adapter_version}" if turn.adapter_version else ""
+    card.fields.append(("adapter", f"{item.adapter_name or 'base model'}{version}"))
+    card.fields.append(("channel", channel_text(turn.channel_id)))
+    if item.also_asked:
+        card.fields.append(("also asked as", clip(" · ".join(item.also_asked), 1024)))
+    return card
+
+
+class ReviewCommands:
+    def __init__(self, services: Services):
+        self.s = services
+        self.db = services.db
+
+    async def next(self, caller: Caller, adapter: str | None = None,
+                   skipped: Collection[int] = ()) -> tuple[ReviewItem | None, int]:
+        """The oldest-best pending pair not in `skipped`, and how many are waiting."""
+        require_admin(caller, "review")
+        if adapter is not None:
+            await self.db.require_adapter(adapter)
+        waiting = await self.db.count_reviews("pending", adapter)
+        for item in await self.db.reviews("pending", adapter, limit=len(skipped) + 1):
+            if item.turn.id not in skipped:
+                return item, waiting
+        return None, waiting
+
+    async def decide(self, caller: Caller, turn_id: int, status: str, *,
+                     edited: str | None = None, also_asked: list[str] | None = None) -> Reply:
+        require_admin(caller, "review")
+        if status not in STATUSES:
+            raise ValueError(f"unknown decision {status!r}: use one of {', '.join(STATUSES)}")
+        item = await self.db.decide_review(turn_id, status, reviewer_id=caller.user_id,
+                                           edited_answer=edited, also_asked=also_asked)
+        log.info("pair %d %s by %d%s%s", turn_id, status, caller.user_id,
+                 " with an edited answer" if edited else "",
+                 f", also asked {len(item.also_asked)} other way(s)" if item.also_asked else "")
+        text = f"#{turn_id} {status}" + (" with your answer" if edited else "")
+        if also_asked and item.also_asked:
+            text += "; also asked as: " + " · ".join(item.also_asked)
+        return Reply(text)
+
+    async def also(self, caller: Caller, turn_id: int, question: str) -> Reply:
+        """Approve the pair, keeping its answer, with `question` as one more way to ask it."""
+        require_admin(caller, "review also")
+        item = await self.db.get_review(turn_id)
+        if item is None:
+            raise Missing(f"#{turn_id} is not a review candidate; /review shows the next one")
+        return await self.decide(caller, turn_id, "approved", edited=item.edited_answer,
+                                 also_asked=[*item.also_asked, question])
+
+    async def unapprove(self, caller: Caller, turn_id: int) -> Reply:
+        """Back to pending (an edited answer is kept): it trains nothing until approved
+        again."""
+        require_admin(caller, "review")
+        item = await self.db.get_review(turn_id)
+        if item is None:
+            raise Missing(f"#{turn_id} is not a review candidate")
+        if item.status != "approved":
+            raise Conflict(f"#{turn_id} is {item.status}, not approved")
+        await self.db.decide_review(turn_id, "pending", reviewer_id=caller.user_id,
+                                    edited_answer=item.edited_answer)
+        return Reply(f"#{turn_id} is pending again")
+
+    async def count_at_least(self, caller: Caller, min_score: int,
+                             adapter: str | None = None) -> int:
+        require_admin(caller, "review bulk")
+        if adapter is not None:
+            await self.db.require_adapter(adapter)
+        return await self.db.count_pending_at_least(min_score, adapter)
+
+    @staticmethod
+    def nothing_at_least(min_score: int) -> Reply:
+        return Reply(f"No pending pair has a score of at least {min_score}.")
+
+    async def approve_at_least(self, caller: Caller, min_score: int,
+                               adapter: str | None = None) -> Reply:
+        require_admin(caller, "review bulk")
+        if adapter is not None:
+            await self.db.require_adapter(adapter)
+        approved = await self.db.approve_pending_at_least(min_score, reviewer_id=caller.user_id,
+                                                           adapter=adapter)
+        return Reply(f"Approved {approved} pairs with a score of at least {min_score}.",
+                     values={"approved": approved})

@@ -1,0 +1,32 @@
+"""The parts an operation works with, handed over once by whoever builds the faces."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from settings import Config
+from storage import Database
+
+if TYPE_CHECKING:
+    from ..training import TrainingService
+
+# the engine's hot reload: load a version, then mark it serving (`engine.promote`)
+Promote = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    db: Database
+    training: TrainingService | None = None  # None: runs can be listed, not started
+    promote: Promote | None = None  # None: only storage changes; the engine loads it later
+
+    async def serve(self, adapter: str, version: int, *, reason: str) -> None:
+        """Make `version` the serving one: through the engine when there is one (requests
+        in flight finish on their version), else in storage alone."""
+        if self.promote is not None:
+            await self.promote(adapter, version, reason=reason)
+        else:
+            await self.db.set_serving(adapter, version, reason=reason)
