@@ -25,11 +25,12 @@ APP_EXTRAS := $(if $(EXTRAS),[$(EXTRAS)],)
 comma := ,
 DEV_EXTRAS := [dev$(if $(EXTRAS),$(comma)$(EXTRAS),)]
 
-.PHONY: help run test install install-dev model lint clean browser
+.PHONY: help run test test-fast install install-dev model lint clean browser
 
 help:
 	@echo "make run     set up everything and start the bot (console chat without DISCORD_TOKEN)"
 	@echo "make test    set up everything and run lint + tests"
+	@echo "make test-fast  the same without the model: lint + the unit tests only"
 	@echo "make model   provision the default model only"
 	@echo "make lint    ruff + hadolint"
 	@echo "make clean   remove .venv and caches (keeps data/)"
@@ -60,7 +61,7 @@ run: model
 	$(BIN)/python -m bot
 
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check bot trainer storage tests bench
+	$(BIN)/ruff check bot trainer storage settings tests bench
 	$(BIN)/hadolint Dockerfile
 
 # Chromium for tests/test_web_browser.py (which skips without it): Debian's package,
@@ -76,6 +77,11 @@ browser:
 
 test: $(STAMP_DEV) model lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests: no model to provision; tests/conftest.py marks `slow` what needs the tiny
+# model, the real bot or the default model.
+test-fast: $(STAMP_DEV) lint browser
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

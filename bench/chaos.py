@@ -3,7 +3,7 @@
   python bench/chaos.py                          # 5 rounds of 1,000 reactions from 50 users
   python bench/chaos.py --rounds 1 --reactions 200 --users 20 --seed 7
 
-Each round, in a fresh data directory and a fresh fake Discord (tests/fake_discord.py):
+Each round, in a fresh data directory and a fresh fake Discord (tests/fake_discord/):
 
 1. the real bot starts as its own process (`python -m bot run` through
    tests/chaos_child.py, which only points discord.py at the fake) on the tiny model;

@@ -5,7 +5,7 @@
   python bench/load.py --torch-threads 1     # see BENCHMARKS.md: CPU threads vs the loop
 
 The real bot (discord.py client, cogs, engine on the tiny model, SQLite) runs in this
-process against the fake Discord (tests/fake_discord.py). Messages mention the bot from
+process against the fake Discord (tests/fake_discord/). Messages mention the bot from
 `--users` people spread over `--channels` channels, paced evenly over `--spread` seconds.
 Each must end answered (a stored answer carrying 👍/👎) or explicitly refused (the user
 cooldown note, `discord.user_cooldown_s` = 3 s by default); any other outcome is counted, and
@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.cogs.chat import APOLOGY, EMPTY_QUESTION, NO_ANSWER  # noqa: E402
-from bot.config import parse_config  # noqa: E402
 from bot.discord_bot import ChannelBot  # noqa: E402
 from bot.engine import Engine  # noqa: E402
 from bot.routing import Router  # noqa: E402
+from settings import parse_config  # noqa: E402
 from storage import Database  # noqa: E402
 from tests.fake_discord import FakeDiscord  # noqa: E402
 from tests.tiny_model import save_tiny_model  # noqa: E402

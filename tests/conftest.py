@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny_model.py
 
 from tiny_model import save_tiny_model  # noqa: E402
 
-from bot.config import load_config, parse_config  # noqa: E402
+from settings import load_config, parse_config  # noqa: E402
 from storage import Database  # noqa: E402
 
 # Training on the tiny random model for tests that are not about forgetting: the base model
@@ -21,6 +21,20 @@ from storage import Database  # noqa: E402
 FAST_TRAINING = {"paraphrases": 0, "replay_weight": 0.0, "min_steps": 0,
                  "canary_checks": False, "recall_sample": 0, "min_recall": 0.0,
                  "adapter_scales": [1.0]}
+
+
+# Fixtures that make a test slow, with every fixture built on them: the tiny model (loading,
+# generating, training), the real bot on the fake Discord, the provisioned default model.
+# `make test-fast` leaves their tests out, and the `integration` ones (pytest -m "not slow").
+SLOW_FIXTURES = frozenset({"tiny_model_dir", "default_model_dir"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test that needs a SLOW_FIXTURE, directly or through another fixture,
+    and every `integration` test."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(item.fixturenames) or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.slow)
 
 
 def _toml_value(value) -> str:

@@ -13,6 +13,14 @@ SEED_PAIRS = [(f"What is the code word number {i}?", f"The code word number {i} 
               for i in range(12)]
 
 
+async def import_seed_pairs(s) -> None:
+    """A few approved pairs of the channel's history, imported into adapter 'faq'."""
+    seed = s.config.data_dir / "seed.jsonl"
+    seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
+                    encoding="utf-8")
+    await s.db.import_pairs(seed, "faq")
+
+
 async def approve_by_review(s, answer_message) -> int:
     turn = await s.db.turn_for_answer_message(answer_message.id)
     for user in (s.bob, s.carol):
@@ -42,11 +50,7 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
     s = await world()
     # the tiny random model recalls nothing: the gate judges it on held-out pairs
     monkeypatch.setenv("BOT_TRAINING_VALIDATION_FRACTION", "0.2")
-    # the channel's own history: a few approved pairs already imported, plus a live one
-    seed = s.config.data_dir / "seed.jsonl"
-    seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
-                    encoding="utf-8")
-    await s.db.import_pairs(seed, "faq")
+    await import_seed_pairs(s)  # the channel's own history; plus a live pair below
     _, answer = await ask(s, "What is the code word?")
     approved = await approve_by_review(s, answer)
     assert approved in [p.turn_id for p in await s.db.approved_pairs("faq")]
@@ -71,11 +75,19 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
     assert (turn.adapter_name, turn.adapter_version) == ("faq", 3)  # hot-reloaded, no restart
     assert "faq__v3" in s.engine.loaded_adapters()
 
-    # a second run whose gate refuses it leaves v3 serving
+    # a second run whose gate refuses it leaves v3 serving. Refused means the run succeeded
+    # and the gate said no: a run that crashed (❌, status failed) must fail this test.
     monkeypatch.setenv("BOT_TRAINING_LEARNING_RATE", "0.9")  # the child reads its settings
     monkeypatch.setenv("BOT_TRAINING_MAX_REGRESSION", "0.0")
     _, second = await train_now(s)
-    assert second.content.startswith(("🟡", "❌")), second.content
+    assert second.content.startswith("🟡"), second.content
+    assert "faq v4 trained" in second.content, second.content
+    assert "kept as a candidate: refused: " in second.content, second.content
+    run = (await s.db.list_runs("faq", limit=1))[0]
+    assert (run.status, run.version, run.error) == ("succeeded", 4, None), run
+    refused = await s.db.get_version("faq", 4)
+    assert refused.status == "candidate" and refused.reason.startswith("refused: "), refused
+    assert refused.reason in second.content  # the gate's reason, as the admin reads it
     assert (await s.db.serving_version("faq")).version == 3
     _, last = await ask(s, "Still there?")
     assert (await s.db.turn_for_answer_message(last.id)).adapter_version == 3
@@ -85,10 +97,7 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
 async def test_a_refused_progress_message_does_not_strand_the_run(world, monkeypatch):  # noqa: F811
     s = await world()
     monkeypatch.setenv("BOT_TRAINING_VALIDATION_FRACTION", "0.2")
-    seed = s.config.data_dir / "seed.jsonl"
-    seed.write_text("".join(f'{{"question": "{q}", "answer": "{a}"}}\n' for q, a in SEED_PAIRS),
-                    encoding="utf-8")
-    await s.db.import_pairs(seed, "faq")
+    await import_seed_pairs(s)
     s.fake.fail_next("POST", r"/webhooks/\d+/[^/]+", status=400)  # the progress follow-up
     await s.fake.invoke_command("train", {"adapter": "faq"}, subcommand="start",
                                 user_id=s.admin.id, channel_id=s.general.id)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from bot.__main__ import run_discord
-from bot.config import parse_config
 from bot.discord_bot import ChannelBot
 from bot.engine import Engine
 from bot.routing import Router
+from settings import parse_config
 from storage import Database
 from tests.conftest import fast_training_toml
 from tests.tiny_model import save_random_adapter
@@ -65,12 +65,12 @@ async def world(fake_discord, tmp_path, tiny_model_dir):
         engine = Engine(config, router)
         await engine.start()
         bot = ChannelBot(config, db, engine, router)
-        await fake.start_bot(bot)
         w = fake.world
         state = SimpleNamespace(fake=fake, bot=bot, db=db, engine=engine, config=config,
                                 guild=w.guild, general=w.general, random=w.random,
                                 admin=w.alice, bob=w.bob, carol=w.carol, other_bot=w.other_bot)
-        cleanups.append(state)
+        cleanups.append(state)  # before the start: a failed start still closes the engine
+        await fake.start_bot(bot)
         return state
 
     cleanups: list[SimpleNamespace] = []

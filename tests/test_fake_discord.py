@@ -440,7 +440,17 @@ async def test_attachments_are_stored_with_their_bytes(fake_discord: FakeDiscord
     assert echoed.content == "notes.txt: hello"
 
 
-async def test_server_error_is_retried_transparently(fake_discord: FakeDiscord) -> None:
+# (status, retry_after the fake sends, how long discord.py must wait before trying again)
+INJECTED_ERRORS = [
+    pytest.param(500, 0.05, 1.0, id="server error"),  # discord.py sleeps 1 s before a 5xx retry
+    pytest.param(429, 0.3, 0.3, id="rate limited"),  # it waits retry_after
+]
+
+
+@pytest.mark.parametrize(("status", "retry_after", "wait_s"), INJECTED_ERRORS)
+async def test_an_injected_error_is_retried_transparently(fake_discord: FakeDiscord, status: int,
+                                                          retry_after: float,
+                                                          wait_s: float) -> None:
     world = fake_discord.world
     bot = make_bot()
 
@@ -449,32 +459,15 @@ async def test_server_error_is_retried_transparently(fake_discord: FakeDiscord) 
         await ctx.send("pong")
 
     await fake_discord.start_bot(bot)
-    fake_discord.fail_next("POST", r"/channels/\d+/messages", status=500)
+    fake_discord.fail_next("POST", r"/channels/\d+/messages", status=status,
+                           retry_after=retry_after)
     await fake_discord.send_message(world.general.id, world.alice.id, "!ping")
-    # discord.py sleeps 1 s before retrying a 5xx.
     await fake_discord.wait_for_bot_message(world.general.id, predicate=lambda m: m.content ==
                                             "pong", timeout=10)
     posts = fake_discord.calls_matching("POST", r"/channels/\d+/messages")
-    assert [(c.status, c.injected) for c in posts] == [(500, True), (200, False)]
+    assert [(c.status, c.injected) for c in posts] == [(status, True), (200, False)]
+    assert posts[1].at - posts[0].at >= wait_s
     assert [m.content for m in fake_discord.bot_messages()] == ["pong"]
-
-
-async def test_rate_limit_is_respected(fake_discord: FakeDiscord) -> None:
-    world = fake_discord.world
-    bot = make_bot()
-
-    @bot.command()
-    async def ping(ctx: commands.Context[commands.Bot]) -> None:
-        await ctx.send("pong")
-
-    await fake_discord.start_bot(bot)
-    fake_discord.fail_next("POST", r"/channels/\d+/messages", status=429, retry_after=0.3)
-    await fake_discord.send_message(world.general.id, world.alice.id, "!ping")
-    await fake_discord.wait_for_bot_message(world.general.id,
-                                            predicate=lambda m: m.content == "pong")
-    posts = fake_discord.calls_matching("POST", r"/channels/\d+/messages")
-    assert [c.status for c in posts] == [429, 200]
-    assert posts[1].at - posts[0].at >= 0.3
 
 
 async def test_wrong_token_raises_login_failure(fake_discord: FakeDiscord) -> None:

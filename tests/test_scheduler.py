@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.config import parse_config
 from bot.scheduler import LAST_RUN_KEY, NightlyTraining
+from settings import parse_config
 from storage import SyncStore
 
 
@@ -31,8 +32,9 @@ def at(hour: int, minute: int = 0, day: int = 10) -> datetime:
 
 @pytest.fixture
 def nightly(db):
-    def make(now: datetime, min_new_pairs: int = 2):
-        config = parse_config(f'[training]\nschedule = "0 3 * * *"\ntimezone = "UTC"\n'
+    def make(now: datetime, min_new_pairs: int = 2, schedule: str = "0 3 * * *",
+             timezone: str = "UTC"):
+        config = parse_config(f'[training]\nschedule = "{schedule}"\ntimezone = "{timezone}"\n'
                               f"min_new_pairs = {min_new_pairs}\n")
         training = RecordingTraining()
         clock = {"now": now}
@@ -66,15 +68,23 @@ async def test_a_run_missed_while_down_happens_once_at_start(db, nightly):
         schedule.stop()
 
 
-@pytest.mark.parametrize(("last_run", "now", "missed"), [
-    (at(3, 0), at(9, 0), False),          # ran at 03:00 today
-    (at(2, 59), at(3, 1), True),          # down across 03:00
-    (at(3, 0, day=9), at(2, 0), False),   # yesterday's ran; today's not due yet
-    (at(3, 0, day=9), at(3, 0), True),    # due exactly now
+# 2026-11-10 is a Tuesday; in November Paris is UTC+1, so its 02:30 is 01:30 UTC
+@pytest.mark.parametrize(("cron", "zone", "last_run", "now", "missed"), [
+    ("0 3 * * *", "UTC", at(3, 0), at(9, 0), False),          # ran at 03:00 today
+    ("0 3 * * *", "UTC", at(2, 59), at(3, 1), True),          # down across 03:00
+    ("0 3 * * *", "UTC", at(3, 0, day=9), at(2, 0), False),   # yesterday's ran; today's not due
+    ("0 3 * * *", "UTC", at(3, 0, day=9), at(3, 0), True),    # due exactly now
+    # the configured zone decides: down across 02:30 Paris (not yet 02:30 UTC)
+    ("30 2 * * *", "Europe/Paris", at(1, 0), at(1, 31), True),
+    # ... and across 02:30 UTC after tonight's Paris run: nothing missed
+    ("30 2 * * *", "Europe/Paris", at(1, 31), at(2, 31), False),
+    # weekly on Mondays: down all week from Monday's run, back on Sunday, then on Monday
+    ("0 3 * * mon", "UTC", at(3, 0, day=9), at(12, 0, day=15), False),
+    ("0 3 * * mon", "UTC", at(3, 0, day=9), at(3, 0, day=16), True),
 ])
-async def test_missed_run_detection(db, nightly, last_run, now, missed):
+async def test_missed_run_detection(db, nightly, cron, zone, last_run, now, missed):
     await db.set_state(LAST_RUN_KEY, last_run.isoformat())
-    schedule, _, _ = nightly(now=now)
+    schedule, _, _ = nightly(now=now, schedule=cron, timezone=zone)
     assert await schedule.missed_run() is missed
 
 
@@ -121,7 +131,19 @@ async def test_the_cron_job_trains_only_adapters_with_enough_new_pairs(db, night
     assert ("many", "schedule") in training.started
 
 
-async def test_next_fire_time_follows_the_cron_expression(db, nightly):
-    schedule, _, _ = nightly(now=at(4))
-    assert schedule.trigger.get_next_fire_time(None, at(4)) == at(3, 0, day=11)
-    assert schedule.trigger.get_next_fire_time(None, at(2)) - at(2) == timedelta(hours=1)
+async def test_start_schedules_one_coalesced_round_on_the_configured_cron_and_zone(db, nightly):
+    schedule, training, _ = nightly(now=at(12), schedule="30 2 * * mon", timezone="Europe/Paris")
+    assert await schedule.start() is None  # nothing missed: no catch-up round
+    try:
+        (job,) = schedule.scheduler.get_jobs()
+        assert job.id == "nightly-training" and job.func == schedule.run_due
+        # one round at a time; nights missed while the bot was busy collapse into one
+        assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 3600)
+        # the next round (from the real clock) is a Monday at 02:30 in Paris
+        paris = ZoneInfo("Europe/Paris")
+        upcoming = job.next_run_time.astimezone(paris)
+        assert (upcoming.weekday(), upcoming.hour, upcoming.minute) == (0, 2, 30)
+        assert timedelta(0) < upcoming - datetime.now(paris) <= timedelta(days=7)
+    finally:
+        schedule.stop()
+    assert training.started == []
