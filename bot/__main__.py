@@ -114,7 +114,7 @@ def mount_review_site(config: Config, server: HttpServer, db: Database,
     return sessions
 
 
-async def run_console(config) -> int:
+async def run_console(config: Config) -> int:
     from .console import ConsoleChat
     from .remote_engine import create_engine
     from .routing import Router
@@ -143,7 +143,7 @@ async def run_console(config) -> int:
         heartbeat.cancel()
 
 
-async def run_discord(config, token: str) -> int:
+async def run_discord(config: Config, token: str) -> int:
     import discord
 
     from .discord_bot import ChannelBot
@@ -193,7 +193,7 @@ async def run_discord(config, token: str) -> int:
     return 0
 
 
-def healthcheck(config) -> int:
+def healthcheck(config: Config) -> int:
     path = config.data_dir / HEARTBEAT_FILE
     try:
         age = time.time() - path.stat().st_mtime

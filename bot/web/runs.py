@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from settings import layout
+from settings import Config, layout
 from settings.layout import EVENTS_FILE
 from storage import StorageError, TrainingRun
 
@@ -48,7 +48,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/runs/{run_id:\\d+}/events", run_events, name="run_events")
 
 
-def run_events_path(config, run: TrainingRun) -> Path:
+def run_events_path(config: Config, run: TrainingRun) -> Path:
     """Where a run writes its events: beside its log, inside the data directory."""
     default = layout.run_dir(config.data_dir, run.adapter, run.id) / EVENTS_FILE
     if not run.log_path:
