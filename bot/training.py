@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from settings import TOKEN_ENV, Config, dump_toml
+from settings import ENV_PREFIX, TOKEN_ENV, Config, dump_toml
 from settings.layout import CURVE_FILE
 from storage import Database, TrainingRun
 from trainer.versions import pid_alive
@@ -122,7 +122,13 @@ class TrainingService:
         return self.config.data_dir / "logs" / f"training-run-{run_id}.stderr.log"
 
     def child_environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}  # the run needs no token
+        """The bot's environment without what the child must not see: `BOT_*` overrides
+        (the settings file it is given has them applied already; read again, a relative
+        path among them would resolve against that file's folder and point the run at
+        another database) and every secret (Discord token, HTTP token, server API key)."""
+        secrets = {TOKEN_ENV, self.config.http.token_env, self.config.engine.remote_api_key_env}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(ENV_PREFIX) and k not in secrets}
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

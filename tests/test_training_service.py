@@ -87,6 +87,32 @@ async def test_killed_child_fails_the_run_releases_the_lock_and_keeps_serving(se
     assert (await db.get_run(second.id)).status == "succeeded"
 
 
+@pytest.mark.timeout(300)
+async def test_the_child_trains_on_the_bots_database_and_sees_no_secret(setup, tmp_path,
+                                                                           monkeypatch):
+    """A relative BOT_STORAGE_DATA_DIR is the bot's setting, not the child's: inherited, it
+    would resolve against the child's settings file and train on an empty database."""
+    db, config = setup
+    secrets = {"DISCORD_TOKEN": "discord-secret-token", "BOT_HTTP_TOKEN": "http-secret-token",
+               "VLLM_API_KEY": "vllm-secret-key"}
+    for name, value in {"BOT_STORAGE_DATA_DIR": "data", **secrets}.items():
+        monkeypatch.setenv(name, value)
+    bot_config = parse_config(
+        f'[model]\nname = "{config(1).model.name}"\n[training]\nepochs = 1\n'
+        f"eval_every = 0\n" + fast_training_toml(), base_dir=tmp_path, environ=dict(os.environ))
+    assert bot_config.database_path == config(1).database_path  # data_dir = "data", relative
+
+    service = TrainingService(bot_config, db, engine=RecordingEngine())
+    env = service.child_environment()
+    assert not [k for k in env if k.startswith("BOT_")]
+    assert not set(secrets) & set(env) and not set(secrets.values()) & set(env.values())
+
+    await service.start("faq")
+    outcome = await asyncio.wait_for(service.follow(), 240)
+    assert outcome.status == "succeeded" and outcome.version == 2, outcome
+    assert [v.version for v in await db.versions("faq")] == [1, 2]  # in the bot's database
+
+
 async def test_a_lock_left_by_a_dead_process_is_cleared_at_start(setup):
     db, config = setup
     dead = subprocess.Popen(["true"])
