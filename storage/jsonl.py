@@ -28,6 +28,29 @@ def json_line(row: Any) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` at `path`, whole or not at all: written beside it, synced, renamed into place
+    (a reader — a resumed run, the engine — never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """A JSON document (indented, UTF-8 as is), written atomically."""
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str)
+                      + "\n")
+
+
 def write_jsonl(rows: Iterable[Any], path: str | Path) -> int:
     """Write rows as JSONL to a temporary file beside `path`, then rename it into place;
     returns how many rows were written."""

@@ -368,3 +368,23 @@ async def test_reads_never_land_inside_a_write(db, tmp_path):
     assert await importing == 300
     seen.add(len(await db.approved_pairs("faq")))
     assert seen <= {0, 300} and 300 in seen
+
+
+def test_run_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`--resume` reads run.json back: a crash while it is rewritten must leave the old
+    one, not half a file (and no temporary file behind)."""
+    import storage.jsonl
+    from trainer.run_files import write_run_file
+
+    write_run_file(tmp_path, adapter="faq", run_id=1, step=10)
+    before = (tmp_path / "run.json").read_text(encoding="utf-8")
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(storage.jsonl.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_run_file(tmp_path, adapter="faq", run_id=1, step=20)
+    assert (tmp_path / "run.json").read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    assert json.loads(before)["step"] == 10

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from settings import Config, TrainingConfig
 from settings.layout import PathOutsideError, confined_path
 from storage import AdapterVersion, SyncStore, previous_version
+from storage.jsonl import write_json
 
 from . import modeling
 from .canaries import (
@@ -230,9 +230,7 @@ def scale_adapter_config(directory: Path, scale: float, meta: dict[str, Any]) ->
     adapter_config["lora_alpha"] = trained * scale
     if trained_pattern:
         adapter_config["alpha_pattern"] = {k: v * scale for k, v in trained_pattern.items()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, adapter_config)
 
 
 def gate_version(config: Config, store: SyncStore, adapter: str, version: int) -> GateDecision:
@@ -280,7 +278,7 @@ def gate_version(config: Config, store: SyncStore, adapter: str, version: int) -
     reason = gate_reason(chosen, tried, base, reference, training, failures)
     report = gate_report(chosen, tried, base, reference, training, reason, taught=len(taught),
                          held_out=len(held_out))
-    _write_json(directory / GATE_FILE, report)
+    write_json(directory / GATE_FILE, report)
     decision = GateDecision(chosen is not None, reason,
                             final.held_out_loss if final.held_out_loss is not None else math.nan,
                             reference.held_out_loss, reference.label, len(held_out),
@@ -316,13 +314,6 @@ def _try_scales(bench: _Bench, base: Measured, reference: Measured, limits: Trai
         if not failures:
             return measured, tried, failures
     return None, tried, failures
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def newest_candidate(store: SyncStore, adapter: str) -> AdapterVersion:

@@ -19,6 +19,7 @@ from typing import Any
 
 from settings import Config, layout
 from settings.layout import CHECKPOINT_FILE, RUN_FILE
+from storage.jsonl import write_json
 
 from .errors import TrainingError
 
@@ -51,7 +52,9 @@ def read_run_file(run_dir: Path, adapter: str) -> dict[str, Any]:
 
 
 def write_run_file(run_dir: Path, **fields: Any) -> None:
-    (run_dir / RUN_FILE).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
+    """What `--resume` reads back, written whole: a crash mid-write must not leave a run
+    that cannot be resumed."""
+    write_json(run_dir / RUN_FILE, fields)
 
 
 @contextlib.contextmanager

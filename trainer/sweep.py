@@ -13,7 +13,6 @@ directory, beside `sweep.json` with the table.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any
 from settings import Config
 from settings.layout import EVENTS_FILE
 from storage import validate_adapter_name
+from storage.jsonl import write_json
 
 from . import modeling
 from .data import build_splits, data_hash
@@ -210,7 +210,7 @@ def run_sweep(config: Config, options: SweepOptions, *,
         "results": [row.as_dict() for row in sort_rows(rows)],
         "created_at": datetime.now().isoformat(timespec="seconds"),
     }
-    _write_json(report, out / RESULTS_FILE)
+    write_json(out / RESULTS_FILE, report)
     return report
 
 
@@ -246,12 +246,6 @@ def _run_point(cfg: TrainConfig, point: SweepPoint, splits: Any, run_dir: Path, 
     row.adapter_mb = round(modeling.directory_size(adapter) / 1e6, 3)
     row.path = str(adapter)
     return row
-
-
-def _write_json(report: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def format_table(report: dict[str, Any]) -> str:
