@@ -213,16 +213,34 @@ def test_sampling_comes_from_the_body_or_the_engine_settings():
 
 # --- health and metrics -----------------------------------------------------------------
 
-async def test_healthz_needs_no_token_and_tells_engine_and_database(api):
+async def test_healthz_needs_no_token_and_tells_details_only_behind_it(api, caplog):
     async with api.client.get("/healthz") as response:
         assert response.status == 200
+        assert await response.json() == {"status": "ok"}
+    async with api.client.get("/healthz", headers=AUTH) as response:
         body = await response.json()
     assert body["status"] == "ok" and body["engine"] == "ready" and body["database"] == "ok"
     assert body["schema_version"] >= 1
+
+    real = api.server.db.schema_version
+
+    async def broken():
+        raise OSError("disk I/O error reading /srv/private/bot.sqlite3")
+
+    api.server.db.schema_version = broken
+    with caplog.at_level(logging.WARNING):
+        async with api.client.get("/healthz") as response:
+            assert response.status == 503
+            assert await response.json() == {"status": "failing"}  # no path, no error text
+    assert "/srv/private/bot.sqlite3" in caplog.text  # the operator finds it in the log
+    async with api.client.get("/healthz", headers=AUTH) as response:
+        assert "disk I/O error" in (await response.json())["database"]
+    api.server.db.schema_version = real
+
     await api.server.engine.close()  # the engine's worker stops: no longer able to answer
     async with api.client.get("/healthz") as response:
         assert response.status == 503
-        assert (await response.json())["engine"] == "not ready"
+        assert await response.json() == {"status": "not ready"}
 
 
 async def test_metrics_count_answers_requests_and_stored_rows(api):

@@ -53,14 +53,20 @@ def resolve_token(settings: HttpConfig, environ: Mapping[str, str] | None = None
     return token
 
 
+def carries_bearer(request: web.Request, token: str | None) -> bool:
+    """Whether the request carries `Authorization: Bearer <token>` (always, when the server
+    runs without a token)."""
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode())
+
+
 def require_bearer(request: web.Request, token: str | None, token_env: str) -> None:
     """Raise 401 unless the request carries `Authorization: Bearer <token>` (nothing is
     required when the server runs without a token)."""
-    if token is None:
-        return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                          token.encode()):
+    if carries_bearer(request, token):
         return
     log.warning("refused %s %s from %s: missing or wrong bearer token", request.method,
                 request.path, request.remote)

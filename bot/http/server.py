@@ -18,7 +18,7 @@ from storage import Database, UnknownAdapterError, UnknownVersionError
 from ..engine_base import GenerationEngine, GenerationHandle
 from ..generation import EngineError, GenerationRequest, GenerationTimeout
 from ..routing import Route, Router
-from .auth import HttpConfigError, require_bearer, resolve_token
+from .auth import HttpConfigError, carries_bearer, require_bearer, resolve_token
 from .metering import MeteredEngine
 from .metrics import METRICS_CONTENT_TYPE, ServiceMetrics
 from .schema import ApiCall, BadRequest, parse_generate
@@ -115,16 +115,24 @@ class HttpServer:
 
     # --- endpoints ----------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        ready = self.engine.ready
-        body: dict[str, Any] = {"engine": "ready" if ready else "not ready"}
+        """"ok", "not ready" (the model is loading) or "failing" (the database does not
+        answer) for anyone — a container's health check needs no token; what failed and
+        how only behind the token, and in the log."""
+        details: dict[str, Any] = {"engine": "ready" if self.engine.ready else "not ready"}
         try:
-            body["schema_version"] = await asyncio.wait_for(self.db.schema_version(), 5)
-            body["database"] = "ok"
-        except Exception as exc:  # the answer is the diagnosis
-            body["database"] = f"unavailable: {exc}"
-        healthy = ready and body["database"] == "ok"
-        body["status"] = "ok" if healthy else "unavailable"
-        return web.json_response(body, status=200 if healthy else 503)
+            details["schema_version"] = await asyncio.wait_for(self.db.schema_version(), 5)
+            details["database"] = "ok"
+        except Exception as exc:  # the health check reports it; the log keeps the trace
+            log.warning("health check: the database does not answer", exc_info=True)
+            details["database"] = f"unavailable: {exc}"
+        if details["database"] != "ok":
+            status = "failing"
+        else:
+            status = "ok" if self.engine.ready else "not ready"
+        body = {"status": status}
+        if carries_bearer(request, self.token):
+            body.update(details)
+        return web.json_response(body, status=200 if status == "ok" else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         if self.settings.metrics_require_token:
