@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,21 +87,30 @@ class Database:
         between its BEGIN and COMMIT. That is why reads take no lock: it would only
         repeat this order. Nor do they get a connection of their own: that would only let
         a read overtake a write waiting for another process's lock (busy_timeout bounds
-        that wait), at the cost of a second connection to configure and close. A
-        cancelled caller waits for its operation to end there (committed or rolled
-        back), so no transaction is ever left open.
+        that wait), at the cost of a second connection to configure and close.
+
+        A cancelled caller (a timeout, a client gone) returns at once. Its operation is
+        skipped if it has not started; one that has started ends on the thread as one
+        call (committed or rolled back), so no transaction is ever left open.
         """
         conn = self.conn
+        abandoned = threading.Event()
+
+        def unless_abandoned(connection: sqlite3.Connection) -> T:
+            if abandoned.is_set():
+                raise asyncio.CancelledError  # nobody waits for it: do nothing
+            return operation(connection, *args, **kwargs)
+
         # `_execute` and `_conn` are how aiosqlite itself queues a call on its thread with
         # the sqlite3 connection; private there, but unchanged for years, and every
         # Database test goes through them
-        job = asyncio.ensure_future(conn._execute(operation, conn._conn, *args, **kwargs))
+        job = asyncio.ensure_future(conn._execute(unless_abandoned, conn._conn))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
-            await asyncio.wait([job])
-            if not job.cancelled():
-                job.exception()  # the caller is gone: nobody to tell how it ended
+            abandoned.set()
+            # the caller is gone: nobody to tell how it ended
+            job.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
 
     # ad hoc statements (tests, benchmarks), queued on the same thread between operations

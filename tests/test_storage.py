@@ -354,6 +354,29 @@ async def test_a_write_cancelled_at_begin_leaves_no_transaction_open(db):
     assert (await db.get_turn(turn)).question == "q2"
 
 
+async def test_a_cancelled_caller_returns_at_once_and_its_queued_write_is_skipped(db):
+    """A timeout around a database call bounds it: the caller returns while the write lock
+    is still held elsewhere. Its operation, not started yet, never runs; the one already
+    waiting for the lock ends as one call once the lock is free."""
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    first = asyncio.create_task(db.record_turn(channel_id=1, author_id=1, question="first",
+                                               answer="a"))
+    await asyncio.sleep(0.2)  # `first` is on the connection's thread, waiting for the lock
+    second = asyncio.create_task(db.record_turn(channel_id=1, author_id=2, question="second",
+                                                answer="b"))
+    await asyncio.sleep(0)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert other.in_transaction  # it returned while the lock was still held
+    other.rollback()
+    other.close()
+    await first
+    questions = [row["question"] for row in await db._all("SELECT question FROM turns")]
+    assert questions == ["first"]
+
+
 async def test_reads_never_land_inside_a_write(db, tmp_path):
     """Reads share the connection with writes: one in the middle of a transaction would
     see rows not committed yet (and perhaps never: the import could still fail)."""
