@@ -20,8 +20,9 @@ from typing import TextIO
 
 from settings import Config
 from storage import Database, StorageError
+from storage.jsonl import write_text_atomic
 
-from .commands import FORGET_WARNING, Caller, Commands, Refused, Reply, Services
+from .commands import FORGET_WARNING, Caller, Commands, Refused, Reply, Services, plain
 from .commands.review import review_card
 from .engine import EngineError, GenerationEngine, GenerationRequest, Sampling
 from .training import TrainingService
@@ -49,8 +50,9 @@ HELP = """Type a question and press Enter. Commands:
   /stats                      answers, votes, pairs, adapters
   /export [NAME]              approved pairs as JSONL, written under the data directory
   /forget yes                 delete every question and vote of this console
-  /train [NAME]               train this console's adapter (or NAME) on its approved pairs
-  /train status | cancel      the run going on and the last ones; stop it
+  /train [start] [NAME]       train this console's adapter (or NAME) on its approved pairs;
+                              the console follows the run to its end before the next line
+  /train status | cancel      the last runs; stop a run going on (as on Discord)
   /help                       this text
   /quit                       leave (end of input does the same)"""
 
@@ -63,12 +65,8 @@ def number(text: str, what: str) -> int:
 
 def write_export(data_dir: Path, reply: Reply) -> Path:
     """The export's file under data_dir/exports/, written whole or not at all."""
-    folder = data_dir / "exports"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / reply.attachment.filename
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(reply.attachment.data)
-    tmp.replace(path)
+    path = data_dir / "exports" / reply.attachment.filename
+    write_text_atomic(path, reply.attachment.data.decode("utf-8"))
     return path
 
 
@@ -165,7 +163,7 @@ class ConsoleChat:
         try:
             await handler(args)
         except Refused as exc:
-            self.say(str(exc).replace("`", ""))
+            self.say(plain(str(exc)))
         except (StorageError, EngineError, ValueError) as exc:
             self.say(f"error: {exc}")
 
@@ -262,9 +260,8 @@ class ConsoleChat:
             self.show(await ops.also(me, pair_id(args[1]), " ".join(args[2:])))
         elif action == "bulk" and len(args) in (2, 3):
             score, adapter = number(args[1], "score"), (args[2] if len(args) == 3 else None)
-            self.show(await ops.approve_at_least(me, score, adapter)
-                      if await ops.count_at_least(me, score, adapter)
-                      else ops.nothing_at_least(score))
+            done = await ops.approve_at_least(me, score, adapter)
+            self.show(done if done.values["approved"] else ops.nothing_at_least(score))
         else:
             self.say("usage: /review | /review approve [ID] | /review reject [ID] | "
                      "/review edit ID TEXT | /review also ID QUESTION | "
@@ -294,6 +291,8 @@ class ConsoleChat:
         if args and args[0].lower() in ("status", "cancel") and len(args) == 1:
             self.show(await (ops.status(me) if args[0].lower() == "status" else ops.cancel(me)))
             return
+        if args and args[0].lower() == "start":  # `/train start NAME`, as on Discord
+            args = args[1:]
         run = await ops.start(me, args[0] if args else None)
         self.say(f"training {run.adapter} (run {run.id})…")
         last = 0.0

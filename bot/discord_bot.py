@@ -14,6 +14,7 @@ from discord.ext import commands
 from settings import Config
 from storage import Database
 
+from .commands import Commands, Services
 from .engine_base import GenerationEngine
 from .permissions import member_is_admin
 from .routing import Router
@@ -51,6 +52,9 @@ class ChannelBot(commands.Bot):
         self.engine = engine
         self.router = router
         self.training = TrainingService(config, db, engine)
+        # the operations every cog calls (the console and the web page hold their own)
+        self.core = Commands(Services(config=config, db=db, training=self.training,
+                                      promote=engine.promote))
         self.review_sessions = None  # bot.web.ReviewSessions when [web] is enabled
 
     async def still_admin(self, guild_id: int, user_id: int) -> bool | None:

@@ -164,6 +164,8 @@ class Engine(EngineBase):
         self._inbox.put(job)
 
     async def _on_worker(self, run: Callable[[], Any]) -> Any:
+        if not self.ready:  # a stopped worker would never answer: fail now, not hang
+            raise EngineError("the engine is not running (not started, or closed)")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         self._inbox.put(_WorkerCall(run, loop, done))

@@ -290,7 +290,11 @@ def test_every_operation_has_a_step():
     # the web page's own: serve any version (rollback's general form, which the steps run)
     # and un-approve (tests/test_web_review.py); a text both faces print
     web_only = {"adapter serve", "review unapprove", "review nothing_at_least"}
-    assert {o.replace("adapters ", "adapter ") for o in operations} == covered | web_only
+    # the quick checks a face runs before it shows that it is working: part of the
+    # rollback and train start steps
+    first_steps = {"adapter rollback_target", "training adapter_for"}
+    assert ({o.replace("adapters ", "adapter ") for o in operations}
+            == covered | web_only | first_steps)
     seen = " ".join(step.console for step in STEPS)
     for command in ("/adapter list", "/adapter use", "/adapter unbind", "/adapter create",
                     "/adapter info", "/adapter prompt", "/adapter rollback", "/review approve",

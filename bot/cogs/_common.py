@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from storage import StorageError
 
-from ..commands import Caller, Commands, Refused, Reply, Services
+from ..commands import Busy, Caller, Commands, Refused, Reply
 from ..engine import EngineError
 from ..permissions import is_admin
 
@@ -36,6 +36,8 @@ async def report_error(interaction: discord.Interaction,
     original = getattr(error, "original", error)
     if isinstance(error, app_commands.CheckFailure):
         message = str(error) or "You are not allowed to use this command."
+    elif isinstance(original, Busy):
+        message = f"⏳ {original}"
     elif isinstance(original, Refused):
         message = str(original)
     elif isinstance(original, EXPECTED):
@@ -81,20 +83,21 @@ def caller_of(interaction: discord.Interaction) -> Caller:
                   name=str(interaction.user))
 
 
-def core_of(bot) -> Commands:
-    """The bot's one command core, made on first use from the parts the bot holds."""
-    core = getattr(bot, "core", None)
-    if core is None:
-        core = bot.core = Commands(Services(config=bot.config, db=bot.db,
-                                            training=bot.training, promote=bot.engine.promote))
-    return core
-
-
 async def adapter_names(interaction: discord.Interaction,
                         current: str) -> list[app_commands.Choice[str]]:
     names = await interaction.client.db.adapter_names()
     current = current.lower()
     return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+
+class AnswersErrors:
+    """For views and forms: an expected failure behind a button or a form (a pair decided
+    meanwhile on the web page, a refusal) is answered like a slash command's, not left
+    as Discord's bare "This interaction failed"."""
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception,
+                       *_item) -> None:
+        await report_error(interaction, error)
 
 
 class SlashCog(commands.Cog):
@@ -104,7 +107,7 @@ class SlashCog(commands.Cog):
         self.bot = bot
         self.config = bot.config
         self.db = bot.db
-        self.core = core_of(bot)
+        self.core: Commands = bot.core
 
     async def cog_app_command_error(self, interaction, error) -> None:
         await report_error(interaction, error)

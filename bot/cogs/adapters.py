@@ -73,9 +73,11 @@ class Adapters(SlashCog):
     @admin_only()
     async def rollback(self, interaction: discord.Interaction, name: str,
                        version: int | None = None) -> None:
+        caller = caller_of(interaction)
+        # refusals first, while the reply can still be private; then the slow part, in public
+        version = await self.core.adapters.rollback_target(caller, name, version)
         await interaction.response.defer(thinking=True)  # loading the version takes a moment
-        answer = await self.core.adapters.rollback(caller_of(interaction), name, version)
-        await send_reply(interaction, answer)
+        await send_reply(interaction, await self.core.adapters.serve(caller, name, version))
 
 
 async def setup(bot) -> None:

@@ -7,10 +7,10 @@ from discord import app_commands
 
 from ..commands import FORGET_WARNING
 from ..permissions import admin_only
-from ._common import SlashCog, adapter_names, caller_of, reply, send_reply
+from ._common import AnswersErrors, SlashCog, adapter_names, caller_of, reply, send_reply
 
 
-class ConfirmForget(discord.ui.View):
+class ConfirmForget(AnswersErrors, discord.ui.View):
     def __init__(self, cog: Data, user_id: int):
         super().__init__(timeout=120)
         self.cog, self.user_id = cog, user_id

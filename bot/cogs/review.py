@@ -14,7 +14,7 @@ from storage import ReviewItem
 
 from ..commands.review import clip, review_card
 from ..permissions import NotAdmin, admin_only, is_admin
-from ._common import SlashCog, adapter_names, caller_of, embed_of, reply, send_reply
+from ._common import AnswersErrors, SlashCog, adapter_names, caller_of, embed_of, reply, send_reply
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def review_embed(item: ReviewItem, waiting: int) -> discord.Embed:
     return embed_of(review_card(item, waiting), colour=discord.Colour.blurple())
 
 
-class EditAnswer(discord.ui.Modal, title="Correct the answer"):
+class EditAnswer(AnswersErrors, discord.ui.Modal, title="Correct the answer"):
     def __init__(self, view: ReviewView, item: ReviewItem):
         super().__init__(timeout=VIEW_TIMEOUT_S, custom_id=f"review:edit-modal:{item.turn.id}")
         self.view = view
@@ -53,7 +53,7 @@ class EditAnswer(discord.ui.Modal, title="Correct the answer"):
                                also_asked=self.also_asked.value.splitlines())
 
 
-class ReviewView(discord.ui.View):
+class ReviewView(AnswersErrors, discord.ui.View):
     """One pending pair at a time; buttons move to the next one."""
 
     def __init__(self, cog: Review, reviewer_id: int, adapter: str | None,
@@ -115,7 +115,7 @@ class ReviewView(discord.ui.View):
                                                 view=view)
 
 
-class ConfirmBulk(discord.ui.View):
+class ConfirmBulk(AnswersErrors, discord.ui.View):
     def __init__(self, cog: Review, min_score: int, adapter: str | None, count: int):
         super().__init__(timeout=120)
         self.cog, self.min_score, self.adapter, self.count = cog, min_score, adapter, count

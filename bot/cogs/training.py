@@ -34,9 +34,10 @@ class Training(SlashCog):
     @app_commands.autocomplete(adapter=adapter_names)
     @admin_only()
     async def start(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
+        caller = caller_of(interaction)
+        adapter = await self.core.training.adapter_for(caller, adapter)  # refused in private
         await interaction.response.defer(thinking=True)  # starting the child takes a moment
-        run = await self.core.training.start(caller_of(interaction), adapter)
-        adapter = run.adapter
+        run = await self.core.training.start(caller, adapter)
         # the run is followed to its end even if Discord refuses the progress message:
         # otherwise nobody drains its events and the service stays busy
         task = asyncio.create_task(self.report(interaction, adapter, run.id))

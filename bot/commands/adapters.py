@@ -44,8 +44,8 @@ class AdapterCommands:
 
     async def use(self, caller: Caller, name: str) -> Reply:
         require_admin(caller, "adapter use")
-        if name == BASE_CHOICE:
-            return await self.unbind(caller)
+        if name == BASE_CHOICE and name not in await self.db.adapter_names():
+            return await self.unbind(caller)  # (an adapter really called "base" wins)
         await self.db.bind_channel(caller.channel_id, name, guild_id=caller.guild_id,
                                    bound_by=caller.user_id)
         serving = await self.db.serving_version(name)
@@ -56,7 +56,11 @@ class AdapterCommands:
         require_admin(caller, "adapter unbind")
         bound = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
         await self.db.unbind_channel(caller.channel_id)
-        was = f" (was **{bound.name}**)" if bound else ""
+        was = f" (was **{bound.name}**)" if bound and bound.via == "channel" else ""
+        now = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
+        if now is not None:  # the server's default adapter answers where no channel is bound
+            return Reply(f"This channel now answers with the server's adapter **{now.name}**"
+                         f"{was}.", public=True)
         return Reply(f"This channel now answers with the base model{was}.", public=True)
 
     async def create(self, caller: Caller, name: str, base_on: str | None = None) -> Reply:
@@ -121,25 +125,34 @@ class AdapterCommands:
         which = "your system prompt" if text else "the default system prompt"
         return Reply(f"**{name}** now answers with {which}.")
 
-    async def rollback(self, caller: Caller, name: str, version: int | None = None) -> Reply:
-        """Serve `version`, by default the one before the serving version."""
+    async def rollback_target(self, caller: Caller, name: str,
+                              version: int | None = None) -> int:
+        """The version a rollback serves (default: the one before the serving version),
+        checked: quick, so a face can refuse before it shows that it is working."""
         require_admin(caller, "adapter rollback")
         if version is None:
             version = previous_version(await self.db.versions(name),
                                        await self.db.serving_version(name))
             if version is None:
                 await self.db.require_adapter(name)
-                return Reply(f"**{name}** has no earlier version to roll back to.")
-        return await self.serve(caller, name, version)
+                raise Refused(f"**{name}** has no earlier version to roll back to.")
+        if (await self.db.get_version(name, version)).status == "serving":
+            raise Conflict(f"**{name}** v{version} is already serving.")
+        return version
+
+    async def rollback(self, caller: Caller, name: str, version: int | None = None) -> Reply:
+        return await self.serve(caller, name, await self.rollback_target(caller, name, version))
 
     async def serve(self, caller: Caller, name: str, version: int, *, where: str = "") -> Reply:
         """Promote a candidate or go back to an older version, without a restart."""
         require_admin(caller, "adapter rollback")
-        record = await self.db.get_version(name, version)
-        if record.status == "serving":
+        if (await self.db.get_version(name, version)).status == "serving":
             raise Conflict(f"**{name}** v{version} is already serving.")
         before = await self.db.serving_version(name)
-        verb = "rolled back" if before is not None and version < before.version else "promoted"
+        rolled_back = before is not None and version < before.version
+        verb = "rolled back" if rolled_back else "promoted"
         await self.s.serve(name, version, reason=f"{verb} by {caller.label}{where}")
         was = f" (was v{before.version})" if before else ""
-        return Reply(f"**{name}** now serves v{version}{was}.", public=True)
+        return Reply(f"**{name}** now serves v{version}{was}.", public=True,
+                     values={"was": before.version if before else None,
+                             "rolled_back": rolled_back})

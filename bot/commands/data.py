@@ -49,7 +49,8 @@ class DataCommands:
         pairs = await self.db.approved_pairs(adapter)
         return Reply(f"{len(pairs)} approved pairs.",
                      attachment=Attachment(f"{adapter or 'all'}-approved.jsonl",
-                                           pairs_jsonl(pairs)))
+                                           pairs_jsonl(pairs)),
+                     values={"pairs": len(pairs)})
 
     async def forget(self, caller: Caller) -> tuple[Reply, list[int]]:
         """Delete the caller's questions, answers and votes; returns the reply and the

@@ -69,7 +69,7 @@ class ReviewCommands:
         text = f"#{turn_id} {status}" + (" with your answer" if edited else "")
         if also_asked and item.also_asked:
             text += "; also asked as: " + " · ".join(item.also_asked)
-        return Reply(text)
+        return Reply(text, values={"also_asked": item.also_asked})
 
     async def also(self, caller: Caller, turn_id: int, question: str) -> Reply:
         """Approve the pair, keeping its answer, with `question` as one more way to ask it."""

@@ -24,13 +24,18 @@ class TrainingCommands:
         self.s = services
         self.db = services.db
 
-    async def start(self, caller: Caller, adapter: str | None = None) -> TrainingRun:
+    async def adapter_for(self, caller: Caller, adapter: str | None = None) -> str:
+        """The adapter a run trains: the one named, or the channel's (quick checks only)."""
         require_admin(caller, "train start")
-        if adapter is None:
-            bound = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
-            if bound is None:
-                raise Refused(NO_ADAPTER)
-            adapter = bound.name
+        if adapter is not None:
+            return adapter
+        bound = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
+        if bound is None:
+            raise Refused(NO_ADAPTER)
+        return bound.name
+
+    async def start(self, caller: Caller, adapter: str | None = None) -> TrainingRun:
+        adapter = await self.adapter_for(caller, adapter)
         if self.s.training is None:
             raise Refused("Training cannot be started here: this runs without the bot's "
                           "training service.")
@@ -38,7 +43,7 @@ class TrainingCommands:
             return await self.s.training.start(adapter, trigger="manual",
                                                requested_by=caller.user_id)
         except TrainingBusy as exc:
-            raise Busy(f"⏳ {exc}") from None
+            raise Busy(str(exc)) from None
 
     async def status(self, caller: Caller) -> Reply:
         require_admin(caller, "train status")

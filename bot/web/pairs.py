@@ -200,11 +200,10 @@ async def edit(request: web.Request) -> web.Response:
         return refusal
     asked = form.get("also_asked")  # absent (an older form): what is stored stays
     also_asked = asked.replace("\r\n", "\n").splitlines() if isinstance(asked, str) else None
-    await site.core.review.decide(caller_of(request), turn_id, "approved", edited=text,
-                                  also_asked=also_asked)
-    item = await site.db.get_review(turn_id)
+    decided = await site.core.review.decide(caller_of(request), turn_id, "approved",
+                                            edited=text, also_asked=also_asked)
     await site.record(request, "edit", f"pair {turn_id}", chars=len(text),
-                      also_asked=len(item.also_asked))
+                      also_asked=len(decided.values["also_asked"]))
     return done(request, {"done": [turn_id], "status": "approved",
                           "counts": await review_counts(request)},
                 safe_back(request, form.get("next"), url(request, "pending")))
@@ -256,11 +255,12 @@ async def export(request: web.Request) -> web.Response:
     site = request.app[SITE]
     adapter = request.query.get("adapter") or None
     try:
-        exported = (await site.core.data.export(caller_of(request), adapter)).attachment
+        answer = await site.core.data.export(caller_of(request), adapter)
     except StorageError as exc:
         return refused(request, exc)
+    exported = answer.attachment
     await site.record(request, "export", adapter or "all adapters",
-                      pairs=exported.data.count(b"\n"))
+                      pairs=answer.values["pairs"])
     return web.Response(body=exported.data, content_type="application/x-ndjson",
                         charset="utf-8", headers={
                             "Content-Disposition": f'attachment; filename="{exported.filename}"'})

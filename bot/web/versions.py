@@ -148,17 +148,15 @@ async def serve(request: web.Request) -> web.Response:
     """Promote a candidate or roll back to an older version, without a restart."""
     site = request.app[SITE]
     adapter, number = request.match_info["adapter"], int(request.match_info["version"])
-    before = await site.db.serving_version(adapter)
     try:
-        await site.core.adapters.serve(caller_of(request), adapter, number,
-                                       where=" on the web review page")
+        served = await site.core.adapters.serve(caller_of(request), adapter, number,
+                                                where=" on the web review page")
     except EXPECTED as exc:
         return refused(request, exc)
     except RuntimeError as exc:  # the engine could not load it
         return failure(request, 400, f"{adapter} v{number} could not be served: {exc}")
-    rolled_back = before is not None and number < before.version
-    await site.record(request, "rollback" if rolled_back else "promote",
-                      f"{adapter} v{number}", was=before.version if before else None)
-    return done(request, {"adapter": adapter, "serving": number,
-                          "was": before.version if before else None},
+    was = served.values["was"]
+    await site.record(request, "rollback" if served.values["rolled_back"] else "promote",
+                      f"{adapter} v{number}", was=was)
+    return done(request, {"adapter": adapter, "serving": number, "was": was},
                 url(request, "versions", {"adapter": adapter}))
