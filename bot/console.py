@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from settings import Config
+from settings import Config, layout
 from storage import Database, StorageError
 from storage.jsonl import write_text_atomic
 
@@ -65,7 +65,7 @@ def number(text: str, what: str) -> int:
 
 def write_export(data_dir: Path, reply: Reply) -> Path:
     """The export's file under data_dir/exports/, written whole or not at all."""
-    path = data_dir / "exports" / reply.attachment.filename
+    path = data_dir / layout.EXPORTS_DIR / reply.attachment.filename
     write_text_atomic(path, reply.attachment.data.decode("utf-8"))
     return path
 

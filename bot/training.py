@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from settings import ENV_PREFIX, TOKEN_ENV, Config, dump_toml
+from settings import ENV_PREFIX, TOKEN_ENV, Config, dump_toml, layout
 from settings.layout import CURVE_FILE
 from storage import Database, TrainingRun
 from trainer.versions import pid_alive
@@ -113,13 +113,13 @@ class TrainingService:
 
     def write_child_config(self, run_id: int) -> Path:
         """The bot's effective settings for the child: same database, adapters, model."""
-        path = self.config.data_dir / "logs" / f"training-run-{run_id}.config.toml"
+        path = layout.logs_dir(self.config.data_dir) / f"training-run-{run_id}.config.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dump_toml(self.config), encoding="utf-8")
         return path
 
     def stderr_path(self, run_id: int) -> Path:
-        return self.config.data_dir / "logs" / f"training-run-{run_id}.stderr.log"
+        return layout.logs_dir(self.config.data_dir) / f"training-run-{run_id}.stderr.log"
 
     def child_environment(self) -> dict[str, str]:
         """The bot's environment without what the child must not see: `BOT_*` overrides

@@ -10,6 +10,8 @@ trainer both read or write, named once. A change of layout is a change here.
         run.json  events.jsonl  train.log  checkpoint.pt
       cache/                           model-written data kept between runs (paraphrases,
                                        the base model's replay answers)
+      logs/training-run-<id>.*         the settings the bot gave a run, and its stderr
+      exports/                         the console's /export files
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 RUNS_DIR = "runs"
 CACHE_DIR = "cache"
+LOGS_DIR = "logs"  # what the bot keeps of the runs it started (settings given, stderr)
+EXPORTS_DIR = "exports"  # the console's /export files
 
 
 class PathOutsideError(ValueError):
@@ -44,6 +48,10 @@ def runs_root(data_dir: Path, adapter: str) -> Path:
 
 def run_dir(data_dir: Path, adapter: str, run_id: int) -> Path:
     return runs_root(data_dir, adapter) / f"run-{run_id}"
+
+
+def logs_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / LOGS_DIR
 
 
 def cache_dir(data_dir: Path) -> Path:

@@ -28,15 +28,16 @@ def json_line(row: Any) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """`text` at `path`, whole or not at all: written beside it, synced, renamed into place
-    (a reader — a resumed run, the engine — never sees half a file)."""
+def write_text_atomic(path: str | Path, text: str | Iterable[str]) -> None:
+    """`text` (or its pieces, in order) at `path`, whole or not at all: written beside it,
+    synced, renamed into place (a reader — a resumed run, the engine — never sees half a
+    file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            out.write(text)
+            out.writelines([text] if isinstance(text, str) else text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -52,23 +53,16 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 
 def write_jsonl(rows: Iterable[Any], path: str | Path) -> int:
-    """Write rows as JSONL to a temporary file beside `path`, then rename it into place;
-    returns how many rows were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write rows as JSONL, atomically; returns how many rows were written."""
     count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for row in rows:
-                out.write(json_line(row))
-                count += 1
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def lines() -> Iterator[str]:
+        nonlocal count
+        for row in rows:
+            count += 1
+            yield json_line(row)
+
+    write_text_atomic(path, lines())
     return count
 
 

@@ -59,7 +59,8 @@ class GateError(RuntimeError):
 
 def resolve_version_path(adapters_dir: Path, stored: str) -> Path:
     try:
-        return confined_path(adapters_dir, stored, what="version path")
+        return confined_path(adapters_dir, stored, what="version path",
+                             hint="versions must live under storage.adapters_dir")
     except PathOutsideError as exc:
         raise GateError(str(exc)) from None
 

@@ -51,7 +51,6 @@ from .run_files import (
     latest_resumable,
     log_to_file,
     read_run_file,
-    runs_root,
     write_run_file,
 )
 from .train import Recipe
@@ -210,7 +209,7 @@ def _run(config: Config, request: TrainRequest, adapter: str, handoff: Handoff,
         run_id = request.run_id or (saved or {}).get("run_id")
         run = (store.get_run(run_id) if run_id
                else store.create_run(adapter, trigger=request.trigger))
-        run_dir = Path(run_dir or runs_root(config, adapter) / f"run-{run.id}")
+        run_dir = Path(run_dir or layout.run_dir(config.data_dir, adapter, run.id))
         run_dir.mkdir(parents=True, exist_ok=True)
         board = (TensorBoardScalars(request.tensorboard / adapter / run_dir.name)
                  if request.tensorboard is not None else None)

@@ -79,7 +79,7 @@ class ReviewSessions:
 
     @classmethod
     def from_config(cls, web, *, clock: Callable[[], float] = time.time) -> ReviewSessions:
-        """From the `[web]` section (a `bot.config.WebConfig`)."""
+        """From the `[web]` section (a `settings.WebConfig`)."""
         return cls(public_url=web.public_url, link_ttl_s=web.link_ttl_s,
                    session_ttl_s=web.session_ttl_s, secure_cookies=web.secure_cookies,
                    clock=clock)
