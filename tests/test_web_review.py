@@ -650,6 +650,24 @@ async def test_run_progress_streams_as_server_sent_events(site):
     assert "Run 1" in await s.page(f"/runs?run={run.id}")
 
 
+async def test_the_progress_stream_ends_with_the_session(site):
+    """A stream stays open for as long as a run lasts: signing out in another tab (or the
+    session expiring) ends it, rather than leaving a signed-out browser watching."""
+    s = await site()
+    await s.db.create_adapter("faq", "tiny")
+    run = await s.db.create_run("faq")
+    run_dir = s.config.data_dir / "runs" / "faq" / f"run-{run.id}"
+    run_dir.mkdir(parents=True)
+    await s.db.update_run(run.id, status="running", log_path=str(run_dir / "train.log"))
+    (run_dir / "events.jsonl").write_text('{"event": "start", "steps": 4}\n', encoding="utf-8")
+    await s.sign_in()
+    response = await s.client.get(f"/review/runs/{run.id}/events")
+    assert (await _read_sse_one(response))["event"] == "start"
+    await s.act("/signout")  # the same browser, from the page's other tab
+    assert await _read_sse(response, "end") == [("end", {"status": "signed out"})]
+    assert (await s.db.get_run(run.id)).status == "running"  # the run itself goes on
+
+
 async def _read_sse_one(response) -> dict:
     return (await _read_sse(response, "message"))[-1][1]
 

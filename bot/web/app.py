@@ -237,6 +237,21 @@ async def _still_admin(site: ReviewSite, session: Session) -> bool | None:
     return still
 
 
+async def session_lasts(request: web.Request) -> bool:
+    """Whether the request's session still holds (not expired, not signed out, rights
+    not removed): for a response that stays open, such as the live progress stream. A
+    Discord that cannot tell just now does not end it."""
+    site = request.app[SITE]
+    cookie = request.cookies.get(COOKIE_NAME)
+    session = site.sessions.get(cookie)
+    if session is None:
+        return False
+    if await _still_admin(site, session) is False:
+        site.sessions.end(cookie)
+        return False
+    return True
+
+
 def _route_name(request: web.Request) -> str | None:
     route = request.match_info.route
     return getattr(route, "name", None)

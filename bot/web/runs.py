@@ -32,6 +32,7 @@ from .app import (
     nav_counts,
     refused,
     render,
+    session_lasts,
     url,
 )
 
@@ -169,6 +170,9 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     quiet_since = loop.time()
     try:
         while True:
+            if not await session_lasts(request):  # signed out, expired or no longer an admin
+                await response.write(b'event: end\ndata: {"status": "signed out"}\n\n')
+                break
             run = await site.db.get_run(run_id)  # before reading: no line is missed at the end
             path = run_events_path(site.config, run)  # known once the run has started
             if path != tail.path:
