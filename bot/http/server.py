@@ -25,6 +25,8 @@ from .schema import ApiCall, BadRequest, parse_generate
 
 log = logging.getLogger(__name__)
 
+CLIENT_CHECK_S = 0.25  # how often a waiting /v1/generate looks whether its client left
+
 API_CHANNEL_ID = -1  # API requests name their adapter; this id is never routed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -169,7 +171,10 @@ class HttpServer:
         if call.stream:
             return await self._stream(request, generation, call, route)
         try:
-            await generation.complete()
+            if not await _complete_unless_client_leaves(request, generation):
+                log.info("a client of /v1/generate left before its answer; it was stopped "
+                         "after %d token(s)", generation.token_count)
+                return _error(499, "the client closed the connection")  # nobody reads it
         except GenerationTimeout as exc:
             return _error(504, str(exc))
         except EngineError as exc:
@@ -214,6 +219,25 @@ class HttpServer:
         return {"text": generation.text, "adapter": route.adapter, "version": route.version,
                 "prompt_tokens": prompt_tokens, "completion_tokens": generation.token_count,
                 "latency_ms": round(generation.latency_ms or 0.0, 1)}
+
+
+async def _complete_unless_client_leaves(request: web.Request,
+                                         generation: GenerationHandle) -> bool:
+    """Wait for the whole answer; False (and the generation stopped, freeing its batch
+    slot) as soon as the client has closed its connection. aiohttp does not cancel a
+    handler whose client left, so the connection is looked at while waiting."""
+    done = asyncio.ensure_future(generation.complete())
+    while not done.done():
+        await asyncio.wait({done}, timeout=CLIENT_CHECK_S)
+        transport = request.transport
+        if not done.done() and (transport is None or transport.is_closing()):
+            generation.cancel()
+            await asyncio.wait({done})
+            if not done.cancelled():
+                done.exception()  # how it ended matters to nobody now
+            return False
+    done.result()  # its errors are the caller's to answer
+    return True
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
