@@ -35,6 +35,8 @@ RUNS_DIR = "runs"
 CACHE_DIR = "cache"
 LOGS_DIR = "logs"  # what the bot keeps of the runs it started (settings given, stderr)
 EXPORTS_DIR = "exports"  # the console's /export files
+# in cache/: a /forget came while a run was using the caches; the run clears them at its end
+FORGET_PENDING_FILE = ".forget-pending"
 
 
 class PathOutsideError(ValueError):

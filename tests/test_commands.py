@@ -321,3 +321,33 @@ async def test_console_and_discord_answer_and_store_the_same(faces):
     final = await console.state()
     assert final["bound"] == "faq" and final["counts"]["answers"] == 0  # forgotten
     assert ("copy", "faq", None) in final["adapters"]
+
+
+async def test_forget_leaves_the_caches_to_a_run_that_is_using_them(tiny_config):
+    """While a training run holds the lock, /forget cleans the versions' files at once but
+    leaves the model-written caches to that run, which clears them when it ends."""
+    from bot.commands import Caller, Commands, Services
+    from settings import layout
+
+    cache = layout.cache_dir(tiny_config.data_dir)
+    cache.mkdir(parents=True)
+    (cache / "replay-base.jsonl").write_text("{}\n", encoding="utf-8")
+    version = tiny_config.adapters_dir / "faq" / "v1"
+    version.mkdir(parents=True)
+    async with Database(tiny_config.database_path) as db:
+        turn = await db.record_turn(channel_id=5, author_id=42, question="q", answer="a")
+        (version / "held_out.jsonl").write_text(
+            f'{{"question": "q", "answer": "a", "source": "db:turn {turn}"}}\n',
+            encoding="utf-8")
+        core = Commands(Services(config=tiny_config, db=db))
+        me = Caller(user_id=42, channel_id=5)
+        await db.acquire_training_lock(None, 1234, "another-host")  # a run is going on
+        _, turn_ids = await core.data.forget(me)
+        cleaned = await core.data.forget_files(turn_ids)
+        assert cleaned is not None and "1 stored training record" in cleaned.text
+        assert (version / "held_out.jsonl").read_text(encoding="utf-8") == ""
+        assert sorted(p.name for p in cache.iterdir()) == [".forget-pending",
+                                                           "replay-base.jsonl"]
+        await db.release_training_lock()
+        _, turn_ids = await core.data.forget(me)  # nothing left of this person: a no-op
+        assert await core.data.forget_files(turn_ids) is None

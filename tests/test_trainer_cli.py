@@ -202,3 +202,35 @@ def test_every_command_has_one_runner_in_help_order():
         "fetch-model", "prepare", "train", "evaluate", "promote", "rollback", "runs",
         "generate", "merge", "export", "compose", "sweep"]
 
+
+
+def test_a_forget_during_a_run_clears_the_caches_when_it_ends(env, tmp_path):
+    """/forget while a run uses the model-written caches: they are kept for the run and
+    cleared when it ends (it may have written the forgotten questions into them)."""
+    from settings import layout, load_config
+    from trainer.versions import forget_turns
+
+    config = load_config()
+    cache = layout.cache_dir(config.data_dir)
+    version = config.adapters_dir / "faq" / "v9"
+    version.mkdir(parents=True)
+    (version / "taught.jsonl").write_text(
+        '{"question": "q7", "answer": "a7", "source": "db:turn 7"}\n'
+        '{"question": "q8", "answer": "a8", "source": "db:turn 8"}\n', encoding="utf-8")
+    seen = []
+
+    def forget_midway(event):
+        if event["event"] == "step" and event["step"] == 2:
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / "paraphrases-faq.json").write_text("{}", encoding="utf-8")
+            assert forget_turns(config.adapters_dir, cache, {7}, run_in_progress=True) == 1
+            seen.append(sorted(p.name for p in cache.iterdir()))
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    run_training(config, TrainRequest(adapter="faq", data_files=[data],
+                                      overrides={"max_steps": 4}),
+                 on_event=forget_midway, progress=False)
+    assert seen == [[".forget-pending", "paraphrases-faq.json"]]  # kept while it ran
+    assert not (cache / "paraphrases-faq.json").exists()  # cleared at its end
+    assert not (cache / ".forget-pending").exists()
+    assert "db:turn 7" not in (version / "taught.jsonl").read_text(encoding="utf-8")

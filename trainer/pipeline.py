@@ -55,7 +55,7 @@ from .run_files import (
 )
 from .train import Recipe
 from .train_config import TrainConfig
-from .versions import TAUGHT_FILE, package_versions, write_version
+from .versions import TAUGHT_FILE, clear_caches_if_forget_pending, package_versions, write_version
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,7 @@ def _train_or_record_failure(run: RunInProgress) -> TrainOutcome:
     finally:
         for recipe in run.recipes:
             recipe.cleanup()
+        clear_caches_if_forget_pending(layout.cache_dir(run.config.data_dir))
 
 
 def stored_pairs(splits: Any) -> list[tuple[int, str]]:

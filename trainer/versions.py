@@ -24,7 +24,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from settings.layout import CURVE_FILE, GATE_FILE, HELD_OUT_FILE, META_FILE, TAUGHT_FILE  # noqa: F401  (re-exported)
+from settings.layout import (  # noqa: F401  (re-exported)
+    CURVE_FILE,
+    FORGET_PENDING_FILE,
+    GATE_FILE,
+    HELD_OUT_FILE,
+    META_FILE,
+    TAUGHT_FILE,
+)
 
 from .datafiles import write_jsonl
 from .plot import plot_loss_curve
@@ -34,15 +41,41 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
-def forget_turns(adapters_dir: Path, cache_dir: Path, turn_ids: set[int]) -> int:
+MODEL_WRITTEN_CACHES = ("paraphrases*.json", "replay-*.jsonl")
+
+
+def clear_model_written_caches(cache_dir: Path) -> None:
+    """Delete the caches of model-written data (the next run writes them again) and the
+    note that a /forget asked for it."""
+    if not cache_dir.is_dir():
+        return
+    for cached in [p for pattern in MODEL_WRITTEN_CACHES for p in cache_dir.glob(pattern)]:
+        cached.unlink(missing_ok=True)
+    (cache_dir / FORGET_PENDING_FILE).unlink(missing_ok=True)
+
+
+def clear_caches_if_forget_pending(cache_dir: Path) -> bool:
+    """At the end of a run: a /forget that came while it used the caches is carried out
+    now (the run may have written the forgotten questions' paraphrases into them)."""
+    if not (cache_dir / FORGET_PENDING_FILE).is_file():
+        return False
+    clear_model_written_caches(cache_dir)
+    log.info("caches of model-written data cleared: a /forget came during this run")
+    return True
+
+
+def forget_turns(adapters_dir: Path, cache_dir: Path, turn_ids: set[int], *,
+                 run_in_progress: bool = False) -> int:
     """Remove a forgotten person's pairs from every version's taught and held-out files.
 
     Rows are matched by their source (`db:turn N`, with its paraphrases and other ways
     to ask); each file is rewritten in place atomically. When any was removed, the
     caches of model-written data (paraphrases of taught questions, the base model's
     answers to them without their subject) are deleted too: they are rebuilt by the next
-    run. The weights of those versions still hold what they learned. Returns the number
-    of rows removed.
+    run — or, while a run is using them (`run_in_progress`), by that run when it ends, so
+    that it neither loses them midway nor writes the forgotten rows back afterwards. The
+    weights of those versions still hold what they learned. Returns the number of rows
+    removed.
     """
     from .data import source_turn_id
 
@@ -65,8 +98,10 @@ def forget_turns(adapters_dir: Path, cache_dir: Path, turn_ids: set[int]) -> int
             tmp.replace(path)
             removed += len(lines) - len(kept)
     if removed and cache_dir.is_dir():
-        for cached in [*cache_dir.glob("paraphrases*.json"), *cache_dir.glob("replay-*.jsonl")]:
-            cached.unlink(missing_ok=True)
+        if run_in_progress:
+            (cache_dir / FORGET_PENDING_FILE).touch()
+        else:
+            clear_model_written_caches(cache_dir)
     log.info("forgotten turns: %d row(s) removed from version files", removed)
     return removed
 

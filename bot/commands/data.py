@@ -66,9 +66,11 @@ class DataCommands:
         """Trained versions keep lists of what they were taught and judged on: clean them
         (slow with many versions, so faces reply first and call this after)."""
         config = self.s.config
+        running = await self.db.training_lock() is not None  # a run may be reading them
         try:
             removed = await asyncio.to_thread(forget_turns, config.adapters_dir,
-                                              layout.cache_dir(config.data_dir), set(turn_ids))
+                                              layout.cache_dir(config.data_dir), set(turn_ids),
+                                              run_in_progress=running)
         except OSError:
             log.exception("/forget: the versions' question lists could not be cleaned")
             return Reply("Your questions could not be removed from the stored training "
