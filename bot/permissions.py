@@ -36,6 +36,34 @@ def member_is_admin(member: discord.Member, config: DiscordConfig) -> bool:
     return member.guild_permissions.manage_guild or has_admin_role(member, config)
 
 
+def may_talk(config: DiscordConfig, user_id: int, role_ids: set[int],
+             channel_ids: set[int] | None) -> bool:
+    """Whether the bot answers (and counts the votes of) this person here: the allow and
+    deny lists of users, roles and channels. `channel_ids` None is a direct message:
+    answered only with `allow_dms`, and no channel list applies."""
+    users_ok = user_id not in config.denied_user_ids and (
+        not config.allowed_user_ids or user_id in config.allowed_user_ids)
+    if channel_ids is None:
+        place_ok = config.allow_dms
+    else:
+        place_ok = not channel_ids & set(config.denied_channel_ids) and (
+            not config.allowed_channel_ids or bool(channel_ids & set(config.allowed_channel_ids)))
+    roles_ok = not role_ids & set(config.denied_role_ids) and (
+        not config.allowed_role_ids or bool(role_ids & set(config.allowed_role_ids)))
+    return users_ok and place_ok and roles_ok
+
+
+def roles_in_shared_servers(client: discord.Client, user_id: int) -> set[int]:
+    """The roles a person holds in the servers the bot shares with them, as far as the
+    bot's cache knows them (for the role lists in direct messages)."""
+    roles: set[int] = set()
+    for guild in client.guilds:
+        member = guild.get_member(user_id)
+        if member is not None:
+            roles.update(role.id for role in member.roles)
+    return roles
+
+
 def admin_only():
     """An app-command check: the cog must have `self.config` (the whole Config)."""
 

@@ -109,6 +109,9 @@ class DiscordConfig:
     denied_channel_ids: list[int] = setting([], "Channels the bot never answers in.")
     denied_role_ids: list[int] = setting([], "Roles whose members the bot ignores.")
     denied_user_ids: list[int] = setting([], "Users the bot ignores.")
+    allow_dms: bool = setting(True, "Answer direct messages. The user lists apply to DMs as "
+                              "well, and so do the role lists, through the roles the person "
+                              "holds in the servers the bot shares with them.")
     answer_mode: str = setting("mention", "Default for channels: answer only when mentioned "
                                "or replied to, or answer every message.",
                                choices=("mention", "all"))

@@ -205,6 +205,29 @@ async def test_denied_users_and_cooldown(world, fake_discord):
     assert (await s.db.stats())["answers"] == 1
 
 
+async def test_the_lists_apply_to_dms_and_to_votes(world, fake_discord):
+    """A denied user is ignored in DMs too (the lists used to apply in servers only), and
+    their 👍 is not stored; the votes of everyone else count."""
+    carol = fake_discord.world.carol
+    s = await world(denied_user_ids=[carol.id])
+    ignored = await s.fake.send_dm(carol.id, "a private question")
+    _, answer = await ask(s, "a public question")  # answered: the DM had its chance
+    assert not s.fake.bot_messages(ignored.channel_id)
+    turn = await s.db.turn_for_answer_message(answer.id)
+    await s.fake.add_reaction(carol.id, s.general.id, answer.id, "👍")
+    await s.fake.add_reaction(s.admin.id, s.general.id, answer.id, "👍")
+    await _until_score(s, turn.id, 1)  # the admin's vote, not carol's
+    votes = await s.db._all("SELECT user_id FROM feedback WHERE turn_id = ?", (turn.id,))
+    assert [row["user_id"] for row in votes] == [s.admin.id]
+
+
+async def test_dms_can_be_turned_off(world):
+    s = await world(allow_dms=False)
+    ignored = await s.fake.send_dm(s.bob.id, "a private question")
+    await ask(s, "a public question")
+    assert not s.fake.bot_messages(ignored.channel_id)
+
+
 async def test_engine_failure_gets_an_apology(world):
     s = await world()
 

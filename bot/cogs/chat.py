@@ -16,6 +16,7 @@ import discord
 from discord.ext import commands
 
 from ..engine import EngineError, Generation, GenerationRequest, GenerationTimeout, Sampling
+from ..permissions import may_talk, roles_in_shared_servers
 from ..routing import Route
 from ..text import (
     CURSOR,
@@ -98,25 +99,13 @@ class Chat(commands.Cog):
 
     # --- who gets an answer --------------------------------------------------------------
     def permitted(self, message: discord.Message) -> bool:
-        cfg = self.config.discord
         author = message.author
-        if author.id in cfg.denied_user_ids:
-            return False
-        if cfg.allowed_user_ids and author.id not in cfg.allowed_user_ids:
-            return False
-        if message.guild is not None:
-            channel_ids = {message.channel.id,
-                           getattr(message.channel, "parent_id", None)} - {None}
-            if channel_ids & set(cfg.denied_channel_ids):
-                return False
-            if cfg.allowed_channel_ids and not channel_ids & set(cfg.allowed_channel_ids):
-                return False
-            role_ids = {role.id for role in getattr(author, "roles", [])}
-            if role_ids & set(cfg.denied_role_ids):
-                return False
-            if cfg.allowed_role_ids and not role_ids & set(cfg.allowed_role_ids):
-                return False
-        return True
+        if message.guild is None:  # a DM: the roles held in the servers shared with the bot
+            return may_talk(self.config.discord, author.id, roles_in_shared_servers(
+                self.bot, author.id), None)
+        channel_ids = {message.channel.id, getattr(message.channel, "parent_id", None)} - {None}
+        roles = {role.id for role in getattr(author, "roles", [])}
+        return may_talk(self.config.discord, author.id, roles, channel_ids)
 
     async def addressed(self, message: discord.Message) -> bool:
         if message.guild is None:

@@ -11,6 +11,8 @@ import logging
 import discord
 from discord.ext import commands
 
+from ..permissions import may_talk, roles_in_shared_servers
+
 log = logging.getLogger(__name__)
 
 VOTES = {"👍": 1, "👎": -1}
@@ -30,6 +32,14 @@ class Feedback(commands.Cog):
         user = self.bot.get_user(payload.user_id)
         return bool(user and user.bot)
 
+    def may_vote(self, payload: discord.RawReactionActionEvent) -> bool:
+        """The people the bot does not answer do not vote either (the same lists)."""
+        if payload.guild_id is None:
+            return may_talk(self.config.discord, payload.user_id,
+                            roles_in_shared_servers(self.bot, payload.user_id), None)
+        roles = {role.id for role in payload.member.roles} if payload.member else set()
+        return may_talk(self.config.discord, payload.user_id, roles, {payload.channel_id})
+
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         value = VOTES.get(str(payload.emoji))
@@ -38,6 +48,10 @@ class Feedback(commands.Cog):
         turn = await self.db.turn_for_answer_message(payload.message_id)
         if turn is None:
             return  # not one of the bot's answers
+        if not self.may_vote(payload):
+            log.info("vote by %d on answer %d ignored: the bot does not take it from them",
+                     payload.user_id, turn.id)
+            return
         result = await self.db.cast_vote(turn.id, payload.user_id, value,
                                          min_score=self.config.feedback.min_score)
         log.info("vote %+d by %d on answer %d: score %d%s", value, payload.user_id, turn.id,
