@@ -106,3 +106,25 @@ async def test_a_refused_progress_message_does_not_strand_the_run(world, monkeyp
     assert "faq v3 trained" in result.content, result.content
     assert s.bot.training.active is None  # free for the next run
     assert (await s.db.list_runs("faq", limit=1))[0].status == "succeeded"
+
+
+@pytest.mark.timeout(600)
+async def test_a_run_longer_than_the_interaction_token_reports_in_the_channel(world):  # noqa: F811
+    """Discord's interaction token lives 15 minutes, a run on a CPU often longer: the
+    result then comes as a message in the channel instead of an edit of the follow-up."""
+    s = await world()
+    await import_seed_pairs(s)
+    cog = s.bot.get_cog("Training")
+    await s.fake.invoke_command("train", {"adapter": "faq"}, subcommand="start",
+                                user_id=s.admin.id, channel_id=s.general.id)
+    progress = await s.fake.wait_for_bot_message(
+        s.general.id, predicate=lambda m: "Training **faq**" in m.content, timeout=30)
+    real_clock = cog.clock
+    cog.clock = lambda: real_clock() + 16 * 60  # sixteen minutes into the run
+    s.fake.clock_offset_s = 16 * 60  # Discord's clock too: the token has expired
+    result = await s.fake.wait_for_bot_message(
+        s.general.id, after=progress.id, timeout=240,
+        predicate=lambda m: m.content.startswith(("✅", "🟡", "❌", "⏹️")))
+    assert "faq v3 trained" in result.content, result.content
+    assert progress.content.startswith("🏋️")  # the expired follow-up was left alone
+    assert result.attachments and result.attachments[0].filename == "loss_curve.png"

@@ -10,6 +10,8 @@ import time
 import discord
 from discord import app_commands
 
+from settings.layout import CURVE_FILE
+
 from ..permissions import admin_only
 from ..training import Outcome
 from ._common import SlashCog, adapter_names, caller_of, send_reply
@@ -17,6 +19,10 @@ from ._common import SlashCog, adapter_names, caller_of, send_reply
 log = logging.getLogger(__name__)
 
 EDIT_EVERY_S = 5.0
+# Discord's interaction token (the follow-up message and its edits) lives 15 minutes; a
+# run longer than that reports in the channel instead, a minute before the token ends
+TOKEN_LIFETIME_S = 15 * 60.0
+TOKEN_MARGIN_S = 60.0
 
 
 class Training(SlashCog):
@@ -28,6 +34,7 @@ class Training(SlashCog):
         super().__init__(bot)
         self.service = bot.training
         self.followers: set[asyncio.Task] = set()
+        self.clock = time.monotonic  # (tests move it past the token's lifetime)
 
     @train.command(name="start", description="Train now on the approved pairs")
     @app_commands.describe(adapter="The adapter to train (default: this channel's)")
@@ -46,6 +53,11 @@ class Training(SlashCog):
 
     async def report(self, interaction: discord.Interaction, adapter: str, run_id: int) -> None:
         message = None
+        since = self.clock()  # the interaction was answered (deferred) just now
+
+        def token_alive() -> bool:
+            return self.clock() - since < TOKEN_LIFETIME_S - TOKEN_MARGIN_S
+
         try:
             message = await interaction.followup.send(
                 f"🏋️ Training **{adapter}** (run {run_id}) on its approved pairs…", wait=True)
@@ -55,7 +67,7 @@ class Training(SlashCog):
 
         async def on_event(event: dict) -> None:
             nonlocal last_edit
-            if message is None or event.get("event") not in ("step", "eval"):
+            if message is None or event.get("event") not in ("step", "eval") or not token_alive():
                 return
             if self.service.active is None or time.monotonic() - last_edit < EDIT_EVERY_S:
                 return  # progress is a glance, not a stream
@@ -64,7 +76,13 @@ class Training(SlashCog):
                 await message.edit(content=f"🏋️ Training {self.service.active.progress()}")
 
         outcome = await self.service.follow(on_event)
-        await self.finish(message, interaction.channel, outcome)
+        if not token_alive():  # the follow-up cannot be edited any more: a channel message
+            log.info("run %d outlived its interaction token: its result goes to the channel",
+                     run_id)
+            message = None
+        channel = interaction.channel or self.bot.get_channel(
+            self.config.discord.admin_channel_id)
+        await self.finish(message, channel, outcome)
 
     async def finish(self, message: discord.WebhookMessage | None, channel,
                      outcome: Outcome) -> None:
@@ -74,21 +92,37 @@ class Training(SlashCog):
         table = outcome.report_table()
         if table and len(text) + len(table) < 1900:  # one Discord message
             text += f"\n```\n{table}\n```"
-        files = []
-        if outcome.loss_curve is not None:
-            files.append(discord.File(outcome.loss_curve, filename="loss_curve.png"))
-        try:
-            if message is not None:
-                await message.edit(content=text, attachments=files)
-            else:
-                await channel.send(text, files=files)
-        except discord.HTTPException as exc:
-            log.warning("could not post the training result: %s", exc)
+        if message is None or not await self._edit(message, text, outcome):
+            await self._post(channel, text, outcome)
         target = (self.config.discord.announce_channel_id if outcome.promoted
                   else self.config.discord.admin_channel_id)
         announce = self.bot.get_channel(target) if target else None
-        if announce is not None and announce.id != channel.id:
+        if announce is not None and (channel is None or announce.id != channel.id):
             await announce.send(text)
+
+    @staticmethod
+    def _curve(outcome: Outcome) -> list[discord.File]:
+        if outcome.loss_curve is None:
+            return []
+        return [discord.File(outcome.loss_curve, filename=CURVE_FILE)]
+
+    async def _edit(self, message: discord.WebhookMessage, text: str, outcome: Outcome) -> bool:
+        try:
+            await message.edit(content=text, attachments=self._curve(outcome))
+            return True
+        except discord.HTTPException as exc:  # an expired token, a deleted message
+            log.warning("could not edit the training message (%s); the result goes to the "
+                        "channel", exc)
+            return False
+
+    async def _post(self, channel, text: str, outcome: Outcome) -> None:
+        if channel is None:
+            log.warning("the training result has no channel to go to: %s", text)
+            return
+        try:
+            await channel.send(text, files=self._curve(outcome))
+        except discord.HTTPException as exc:
+            log.warning("could not post the training result: %s", exc)
 
     @train.command(name="status", description="The training run going on, and the last ones")
     @admin_only()

@@ -61,6 +61,10 @@ class FakeDiscord(DriverMixin, InteractionsMixin, MessagesMixin, RestMixin, Gate
         self.heartbeat_interval_ms = 41_250
         # Discord rejects an initial interaction response after 3 s ("Unknown interaction").
         self.interaction_deadline: float | None = 3.0
+        # an interaction's webhook token (follow-ups, their edits) lives 15 minutes; tests
+        # move the fake's clock forward instead of waiting
+        self.webhook_token_ttl_s = 15 * 60.0
+        self.clock_offset_s = 0.0
         self.enabled_privileged_intents = PRIVILEGED_INTENTS  # as ticked in the dev portal
         self.strict = True  # teardown fails on unhandled routes and internal errors
 

@@ -133,6 +133,9 @@ class InteractionsMixin:
             if interaction.token == token:
                 if not interaction.acknowledged:
                     raise _unknown("Webhook")  # no webhook until the interaction is answered
+                age = time.monotonic() + self.clock_offset_s - interaction.created_at
+                if age > self.webhook_token_ttl_s:
+                    raise DiscordAPIError(401, 50027, "Invalid Webhook Token")
                 return interaction
         raise _unknown("Webhook")
 
