@@ -618,14 +618,19 @@ async def _read_sse(response, until: str) -> list[tuple[str, dict]]:
             kind = "message"
 
 
-async def test_run_progress_streams_as_server_sent_events(site):
-    s = await site()
+async def running_run(s):
+    """A run of adapter 'faq' that is going on, with an empty events file."""
     await s.db.create_adapter("faq", "tiny")
     run = await s.db.create_run("faq")
     run_dir = s.config.data_dir / "runs" / "faq" / f"run-{run.id}"
     run_dir.mkdir(parents=True)
     await s.db.update_run(run.id, status="running", log_path=str(run_dir / "train.log"))
-    events = run_dir / "events.jsonl"
+    return run, run_dir / "events.jsonl"
+
+
+async def test_run_progress_streams_as_server_sent_events(site):
+    s = await site()
+    run, events = await running_run(s)
     events.write_text('{"event": "start", "steps": 4}\n{"event": "step", "step": 1, '
                       '"total": 4, "loss": 2.5}\n', encoding="utf-8")
     await s.sign_in()
@@ -654,12 +659,8 @@ async def test_the_progress_stream_ends_with_the_session(site):
     """A stream stays open for as long as a run lasts: signing out in another tab (or the
     session expiring) ends it, rather than leaving a signed-out browser watching."""
     s = await site()
-    await s.db.create_adapter("faq", "tiny")
-    run = await s.db.create_run("faq")
-    run_dir = s.config.data_dir / "runs" / "faq" / f"run-{run.id}"
-    run_dir.mkdir(parents=True)
-    await s.db.update_run(run.id, status="running", log_path=str(run_dir / "train.log"))
-    (run_dir / "events.jsonl").write_text('{"event": "start", "steps": 4}\n', encoding="utf-8")
+    run, events = await running_run(s)
+    events.write_text('{"event": "start", "steps": 4}\n', encoding="utf-8")
     await s.sign_in()
     response = await s.client.get(f"/review/runs/{run.id}/events")
     assert (await _read_sse_one(response))["event"] == "start"
