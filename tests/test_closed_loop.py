@@ -3,6 +3,8 @@ answer is served by the new version. Real client, fake Discord, tiny model, real
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.test_discord_e2e import _until_score, ask, world  # noqa: F401, F811 (a fixture)
@@ -35,6 +37,14 @@ async def approve_by_review(s, answer_message) -> int:
     return turn.id
 
 
+def set_training(s, **settings) -> None:
+    """Change [training] for the runs the bot starts next: the child gets the bot's
+    settings file (and no BOT_* variables of the test's environment)."""
+    config = s.bot.training.config
+    s.bot.training.config = dataclasses.replace(
+        config, training=dataclasses.replace(config.training, **settings))
+
+
 async def train_now(s, timeout: float = 240.0):
     start = await s.fake.invoke_command("train", {"adapter": "faq"}, subcommand="start",
                                         user_id=s.admin.id, channel_id=s.general.id)
@@ -46,18 +56,17 @@ async def train_now(s, timeout: float = 240.0):
 
 
 @pytest.mark.timeout(600)
-async def test_votes_review_train_promote_and_serve_without_restart(world, monkeypatch):  # noqa: F811
+async def test_votes_review_train_promote_and_serve_without_restart(world):  # noqa: F811
     s = await world()
     # the tiny random model recalls nothing: the gate judges it on held-out pairs
-    monkeypatch.setenv("BOT_TRAINING_VALIDATION_FRACTION", "0.2")
+    set_training(s, validation_fraction=0.2)
     await import_seed_pairs(s)  # the channel's own history; plus a live pair below
     _, answer = await ask(s, "What is the code word?")
     approved = await approve_by_review(s, answer)
     assert approved in [p.turn_id for p in await s.db.approved_pairs("faq")]
 
     # enough steps for the random tiny model to say words rather than blank lines
-    monkeypatch.setenv("BOT_TRAINING_EPOCHS", "25")
-    monkeypatch.setenv("BOT_TRAINING_LEARNING_RATE", "0.01")
+    set_training(s, epochs=25, learning_rate=0.01)
     _, progress = await train_now(s)
     assert progress.content.startswith("✅"), progress.content
     assert "faq v3 trained" in progress.content and "promoted" in progress.content
@@ -77,8 +86,7 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
 
     # a second run whose gate refuses it leaves v3 serving. Refused means the run succeeded
     # and the gate said no: a run that crashed (❌, status failed) must fail this test.
-    monkeypatch.setenv("BOT_TRAINING_LEARNING_RATE", "0.9")  # the child reads its settings
-    monkeypatch.setenv("BOT_TRAINING_MAX_REGRESSION", "0.0")
+    set_training(s, learning_rate=0.9, max_regression=0.0)
     _, second = await train_now(s)
     assert second.content.startswith("🟡"), second.content
     assert "faq v4 trained" in second.content, second.content
@@ -94,9 +102,9 @@ async def test_votes_review_train_promote_and_serve_without_restart(world, monke
 
 
 @pytest.mark.timeout(300)
-async def test_a_refused_progress_message_does_not_strand_the_run(world, monkeypatch):  # noqa: F811
+async def test_a_refused_progress_message_does_not_strand_the_run(world):  # noqa: F811
     s = await world()
-    monkeypatch.setenv("BOT_TRAINING_VALIDATION_FRACTION", "0.2")
+    set_training(s, validation_fraction=0.2)
     await import_seed_pairs(s)
     s.fake.fail_next("POST", r"/webhooks/\d+/[^/]+", status=400)  # the progress follow-up
     await s.fake.invoke_command("train", {"adapter": "faq"}, subcommand="start",
