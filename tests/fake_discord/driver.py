@@ -250,14 +250,9 @@ class DriverMixin:
         guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
         built, resolved = self._build_options(command, options or {}, group=group,
                                               subcommand=subcommand, focused=None, guild=guild)
-        data: Json = {"id": command["id"], "name": name, "type": command["type"],
-                      "options": built}
-        if resolved:
-            data["resolved"] = resolved
-        if command["guild_id"]:
-            data["guild_id"] = command["guild_id"]
-        return await self._send_interaction(INTERACTION_COMMAND, data, user_id=user_id,
-                                            channel_id=channel.id)
+        return await self._send_interaction(INTERACTION_COMMAND,
+                                            _command_data(command, name, built, resolved),
+                                            user_id=user_id, channel_id=channel.id)
 
     async def autocomplete(self, name: str, options: Mapping[str, Any], *, focused: str,
                            user_id: int, channel_id: int, subcommand: str | None = None,
@@ -270,14 +265,9 @@ class DriverMixin:
         built, resolved = self._build_options(command, options, group=group,
                                               subcommand=subcommand, focused=focused,
                                               guild=guild)
-        data: Json = {"id": command["id"], "name": name, "type": command["type"],
-                      "options": built}
-        if resolved:
-            data["resolved"] = resolved
-        if command["guild_id"]:
-            data["guild_id"] = command["guild_id"]
-        return await self._send_interaction(INTERACTION_AUTOCOMPLETE, data, user_id=user_id,
-                                            channel_id=channel.id)
+        return await self._send_interaction(INTERACTION_AUTOCOMPLETE,
+                                            _command_data(command, name, built, resolved),
+                                            user_id=user_id, channel_id=channel.id)
 
     def _component(self, message: FakeMessage, custom_id: str) -> Json:
         for component in _walk_components(message.components):
@@ -363,3 +353,14 @@ class DriverMixin:
             INTERACTION_MODAL_SUBMIT, data, user_id=user_id,
             channel_id=channel_id if channel_id is not None else source.channel_id,
             message=message)
+
+
+def _command_data(command: Json, name: str, built: list[Json], resolved: Json) -> Json:
+    """The `data` of a command or autocomplete interaction, as Discord sends it."""
+    data: Json = {"id": command["id"], "name": name, "type": command["type"],
+                  "options": built}
+    if resolved:
+        data["resolved"] = resolved
+    if command["guild_id"]:
+        data["guild_id"] = command["guild_id"]
+    return data
