@@ -57,11 +57,12 @@ async def test_ask_vote_review_round_trip(console):
 async def test_bad_vote_edit_and_help(console):
     run, db = console
     out = await run("/good\nHello\n/bad\n/review\nAgain\n/good\n/review edit 2 A better answer\n"
-                    "/review approve 99\n/nonsense\n/help\n")
+                    "/review also 2 Once more?\n/review approve 99\n/nonsense\n/help\n")
     assert "nothing to vote on yet" in out
     assert "👎 recorded on answer #1 (score -1)" in out
     assert "nothing waiting for review" in out
     assert "#2 approved with your answer" in out
+    assert "#2 approved; also asked as: Once more?" in out  # the correction is kept, not new
     assert "error: answer 99 is not a review candidate" in out
     assert "unknown command /nonsense" in out
     assert "/adapter use NAME" in out

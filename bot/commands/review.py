@@ -57,7 +57,10 @@ class ReviewCommands:
         return None, waiting
 
     async def decide(self, caller: Caller, turn_id: int, status: str, *,
-                     edited: str | None = None, also_asked: list[str] | None = None) -> Reply:
+                     edited: str | None = None, also_asked: list[str] | None = None,
+                     answer_kept: bool = False) -> Reply:
+        """`answer_kept`: `edited` is the pair's earlier correction, passed on unchanged
+        (the reply then does not claim a new answer)."""
         require_admin(caller, "review")
         if status not in STATUSES:
             raise ValueError(f"unknown decision {status!r}: use one of {', '.join(STATUSES)}")
@@ -66,7 +69,8 @@ class ReviewCommands:
         log.info("pair %d %s by %d%s%s", turn_id, status, caller.user_id,
                  " with an edited answer" if edited else "",
                  f", also asked {len(item.also_asked)} other way(s)" if item.also_asked else "")
-        text = f"#{turn_id} {status}" + (" with your answer" if edited else "")
+        text = f"#{turn_id} {status}" + (" with your answer" if edited and not answer_kept
+                                         else "")
         if also_asked and item.also_asked:
             text += "; also asked as: " + " · ".join(item.also_asked)
         return Reply(text, values={"also_asked": item.also_asked})
@@ -78,6 +82,7 @@ class ReviewCommands:
         if item is None:
             raise Missing(f"#{turn_id} is not a review candidate; /review shows the next one")
         return await self.decide(caller, turn_id, "approved", edited=item.edited_answer,
+                                 answer_kept=True,
                                  also_asked=[*item.also_asked, question])
 
     async def unapprove(self, caller: Caller, turn_id: int) -> Reply:
