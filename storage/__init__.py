@@ -19,6 +19,7 @@ from .migrations import latest_version
 from .pairs import pairs_jsonl, read_pairs_jsonl, write_pairs_jsonl
 from .records import (
     BASE_ADAPTER,
+    DIRECT_SCOPE,
     Adapter,
     AdapterVersion,
     Pair,
@@ -28,15 +29,17 @@ from .records import (
     Turn,
     VoteResult,
     previous_version,
+    scope_of,
+    validate_adapter_key,
     validate_adapter_name,
 )
 from .sync import SyncStore
 
 __all__ = [
-    "BASE_ADAPTER", "Adapter", "AdapterExistsError", "AdapterVersion", "Database",
+    "BASE_ADAPTER", "DIRECT_SCOPE", "Adapter", "AdapterExistsError", "AdapterVersion", "Database",
     "InvalidAdapterNameError", "MigrationError", "Pair", "PairsFileError", "ResolvedAdapter",
     "ReviewItem", "SchemaTooNewError", "StorageError", "SyncStore", "TrainingRun", "Turn",
     "UnknownAdapterError", "UnknownVersionError", "VoteResult", "latest_version",
-    "previous_version",
+    "previous_version", "scope_of", "validate_adapter_key",
     "pairs_jsonl", "read_pairs_jsonl", "validate_adapter_name", "write_pairs_jsonl",
 ]

@@ -24,6 +24,7 @@ from .ops import adapters, feedback, runs
 from .ops.feedback import REVIEW_STATUSES
 from .pairs import read_pairs_jsonl, write_pairs_jsonl
 from .records import (
+    DIRECT_SCOPE,
     Adapter,
     AdapterVersion,
     Pair,
@@ -126,12 +127,13 @@ class Database:
         return await self._run(schema_version)
 
     # --- adapters -------------------------------------------------------------------
-    async def create_adapter(self, name: str, base_model: str, *, based_on: str | None = None,
-                             description: str = "", system_prompt: str | None = None,
+    async def create_adapter(self, name: str, base_model: str, *, scope: int = DIRECT_SCOPE,
+                             based_on: str | None = None, description: str = "",
+                             system_prompt: str | None = None,
                              created_by: int | None = None) -> Adapter:
-        return await self._run(adapters.create_adapter, name, base_model, based_on=based_on,
-                               description=description, system_prompt=system_prompt,
-                               created_by=created_by)
+        return await self._run(adapters.create_adapter, name, base_model, scope=scope,
+                               based_on=based_on, description=description,
+                               system_prompt=system_prompt, created_by=created_by)
 
     async def get_adapter(self, name: str) -> Adapter | None:
         return await self._run(adapters.get_adapter, name)
@@ -139,8 +141,11 @@ class Database:
     async def require_adapter(self, name: str) -> Adapter:
         return await self._run(adapters.require_adapter, name)
 
-    async def list_adapters(self) -> list[Adapter]:
-        return await self._run(adapters.list_adapters)
+    async def adapter_in(self, label: str, scope: int) -> Adapter:
+        return await self._run(adapters.adapter_in, label, scope)
+
+    async def list_adapters(self, scope: int | None = None) -> list[Adapter]:
+        return await self._run(adapters.list_adapters, scope)
 
     async def adapter_names(self) -> list[str]:
         return await self._run(adapters.adapter_names)
@@ -224,12 +229,14 @@ class Database:
         return await self._run(feedback.score, turn_id)
 
     # --- review ---------------------------------------------------------------------
+    # (`scope`: one guild's pairs, runs, counts; None: every guild's)
     async def reviews(self, status: str = "pending", adapter: str | None = None,
-                      limit: int = 25) -> list[ReviewItem]:
-        return await self._run(feedback.reviews, status, adapter, limit)
+                      limit: int = 25, scope: int | None = None) -> list[ReviewItem]:
+        return await self._run(feedback.reviews, status, adapter, limit, scope)
 
-    async def count_reviews(self, status: str = "pending", adapter: str | None = None) -> int:
-        return await self._run(feedback.count_reviews, status, adapter)
+    async def count_reviews(self, status: str = "pending", adapter: str | None = None,
+                            scope: int | None = None) -> int:
+        return await self._run(feedback.count_reviews, status, adapter, scope)
 
     async def get_review(self, turn_id: int) -> ReviewItem | None:
         return await self._run(feedback.get_review, turn_id)
@@ -241,19 +248,23 @@ class Database:
                                reviewer_id=reviewer_id, edited_answer=edited_answer,
                                also_asked=also_asked)
 
-    async def count_pending_at_least(self, min_score: int, adapter: str | None = None) -> int:
-        return await self._run(feedback.count_pending_at_least, min_score, adapter)
+    async def count_pending_at_least(self, min_score: int, adapter: str | None = None,
+                                     scope: int | None = None) -> int:
+        return await self._run(feedback.count_pending_at_least, min_score, adapter, scope)
 
     async def approve_pending_at_least(self, min_score: int, *, reviewer_id: int,
-                                       adapter: str | None = None) -> int:
+                                       adapter: str | None = None,
+                                       scope: int | None = None) -> int:
         return await self._run(feedback.approve_pending_at_least, min_score,
-                               reviewer_id=reviewer_id, adapter=adapter)
+                               reviewer_id=reviewer_id, adapter=adapter, scope=scope)
 
-    async def approved_pairs(self, adapter: str | None = None) -> list[Pair]:
-        return await self._run(feedback.approved_pairs, adapter)
+    async def approved_pairs(self, adapter: str | None = None,
+                             scope: int | None = None) -> list[Pair]:
+        return await self._run(feedback.approved_pairs, adapter, scope)
 
-    async def export_approved(self, path: str | Path, adapter: str | None = None) -> int:
-        pairs = await self.approved_pairs(adapter)
+    async def export_approved(self, path: str | Path, adapter: str | None = None,
+                              scope: int | None = None) -> int:
+        pairs = await self.approved_pairs(adapter, scope)
         return await asyncio.to_thread(write_pairs_jsonl, pairs, path)
 
     async def import_pairs(self, path: str | Path, adapter: str) -> int:
@@ -280,8 +291,9 @@ class Database:
     async def get_run(self, run_id: int) -> TrainingRun:
         return await self._run(runs.get_run, run_id)
 
-    async def list_runs(self, adapter: str | None = None, limit: int = 20) -> list[TrainingRun]:
-        return await self._run(runs.list_runs, adapter, limit)
+    async def list_runs(self, adapter: str | None = None, limit: int = 20,
+                        scope: int | None = None) -> list[TrainingRun]:
+        return await self._run(runs.list_runs, adapter, limit, scope)
 
     async def get_state(self, key: str) -> str | None:
         return await self._run(runs.get_state, key)
@@ -312,38 +324,41 @@ class Database:
     async def runs_left_running(self) -> list[TrainingRun]:
         return await self._run(runs.runs_left_running)
 
-    async def stats(self) -> dict[str, int]:
-        return await self._run(runs.stats)
+    async def stats(self, scope: int | None = None) -> dict[str, int]:
+        return await self._run(runs.stats, scope)
 
     # --- the web review page ----------------------------------------------------------
     async def search_reviews(self, status: str = "pending", *, adapter: str | None = None,
                              channel_id: int | None = None, min_score: int | None = None,
                              text: str | None = None, sort: str = "score", limit: int = 100,
-                             offset: int = 0) -> list[ReviewItem]:
+                             offset: int = 0, scope: int | None = None) -> list[ReviewItem]:
         return await self._run(feedback.search_reviews, status, adapter=adapter,
                                channel_id=channel_id, min_score=min_score, text=text,
-                               sort=sort, limit=limit, offset=offset)
+                               sort=sort, limit=limit, offset=offset, scope=scope)
 
     async def count_search_reviews(self, status: str = "pending", *, adapter: str | None = None,
                                    channel_id: int | None = None, min_score: int | None = None,
-                                   text: str | None = None) -> int:
+                                   text: str | None = None, scope: int | None = None) -> int:
         return await self._run(feedback.count_search_reviews, status, adapter=adapter,
-                               channel_id=channel_id, min_score=min_score, text=text)
+                               channel_id=channel_id, min_score=min_score, text=text,
+                               scope=scope)
 
-    async def review_counts(self) -> dict[str | None, dict[str, int]]:
-        return await self._run(feedback.review_counts)
+    async def review_counts(self, scope: int | None = None) -> dict[str | None, dict[str, int]]:
+        return await self._run(feedback.review_counts, scope)
 
-    async def review_channels(self, status: str = "pending") -> list[int]:
-        return await self._run(feedback.review_channels, status)
+    async def review_channels(self, status: str = "pending",
+                              scope: int | None = None) -> list[int]:
+        return await self._run(feedback.review_channels, status, scope)
 
     async def version_pairs(self, adapter: str, version: int) -> list[dict[str, Any]]:
         return await self._run(runs.version_pairs, adapter, version)
 
     async def record_admin_action(self, admin_id: int, action: str, target: str | None = None,
                                   detail: dict[str, Any] | None = None, *,
-                                  source: str = "web") -> None:
+                                  source: str = "web", guild_id: int | None = None) -> None:
         await self._run(runs.record_admin_action, admin_id, action, target, detail,
-                        source=source)
+                        source=source, guild_id=guild_id)
 
-    async def admin_actions(self, limit: int = 50) -> list[dict[str, Any]]:
-        return await self._run(runs.admin_actions, limit)
+    async def admin_actions(self, limit: int = 50,
+                            scope: int | None = None) -> list[dict[str, Any]]:
+        return await self._run(runs.admin_actions, limit, scope)

@@ -7,12 +7,16 @@ lock, so two processes opening a new database at once apply each file once.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 
 from .errors import MigrationError, SchemaTooNewError
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -83,11 +87,27 @@ def apply_migrations(conn: sqlite3.Connection, label: str) -> int:
                 continue
             for statement in split_statements(migration.sql):
                 conn.execute(statement)
+            note = take_note(conn)
             conn.execute(f"PRAGMA user_version = {migration.number:d}")
             conn.execute("COMMIT")
+            if note:
+                log.info("database %s, migration %s: %s", label, migration.name, note)
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
             raise MigrationError(f"migration {migration.name} failed on {label}: {exc}; "
                                  f"the database is unchanged at version "
                                  f"{migration.number - 1}") from exc
     return known
+
+
+def take_note(conn: sqlite3.Connection) -> str | None:
+    """What a migration left for the log (state key 'migration_note', a JSON object with
+    a 'message'), removed once read."""
+    try:
+        row = conn.execute("SELECT value FROM state WHERE key = 'migration_note'").fetchone()
+    except sqlite3.OperationalError:  # before 0002 there is no state table
+        return None
+    if row is None:
+        return None
+    conn.execute("DELETE FROM state WHERE key = 'migration_note'")
+    return json.loads(row[0]).get("message")

@@ -7,10 +7,13 @@ NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 # --- adapters -----------------------------------------------------------------------
 INSERT_ADAPTER = """
-INSERT INTO adapters (name, base_model, description, system_prompt, based_on, created_by)
-VALUES (?, ?, ?, ?, ?, ?)"""
+INSERT INTO adapters (name, label, guild_id, base_model, description, system_prompt, based_on,
+                      created_by)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
 SELECT_ADAPTER = "SELECT * FROM adapters WHERE name = ?"
-LIST_ADAPTERS = "SELECT * FROM adapters ORDER BY name"
+SELECT_ADAPTER_IN = "SELECT * FROM adapters WHERE guild_id = ? AND label = ?"
+# (scope None: every guild's)
+LIST_ADAPTERS = "SELECT * FROM adapters WHERE (? IS NULL OR guild_id = ?) ORDER BY label, name"
 SET_SYSTEM_PROMPT = "UPDATE adapters SET system_prompt = ? WHERE name = ?"
 LIST_ADAPTER_NAMES = "SELECT name FROM adapters ORDER BY name"
 
@@ -42,12 +45,13 @@ BIND_GUILD = """
 INSERT INTO guild_adapters (guild_id, adapter_id, bound_by) VALUES (?, ?, ?)
 ON CONFLICT (guild_id) DO UPDATE SET adapter_id = excluded.adapter_id,
     bound_by = excluded.bound_by, bound_at = """ + NOW
+# a channel is only ever served by an adapter of its own guild
 CHANNEL_ADAPTER = """
-SELECT a.name FROM channel_adapters c JOIN adapters a ON a.id = c.adapter_id
-WHERE c.channel_id = ?"""
+SELECT a.name, a.label FROM channel_adapters c JOIN adapters a ON a.id = c.adapter_id
+WHERE c.channel_id = ? AND a.guild_id = COALESCE(c.guild_id, 0)"""
 GUILD_ADAPTER = """
-SELECT a.name FROM guild_adapters g JOIN adapters a ON a.id = g.adapter_id
-WHERE g.guild_id = ?"""
+SELECT a.name, a.label FROM guild_adapters g JOIN adapters a ON a.id = g.adapter_id
+WHERE g.guild_id = ? AND a.guild_id = g.guild_id"""
 CHANNELS_OF_ADAPTER = """
 SELECT c.channel_id FROM channel_adapters c JOIN adapters a ON a.id = c.adapter_id
 WHERE a.name = ? ORDER BY c.channel_id"""
@@ -80,21 +84,29 @@ DELETE FROM review WHERE status = 'pending'
 
 # --- review -------------------------------------------------------------------------
 _REVIEW_COLUMNS = """
-SELECT t.*, r.adapter_name AS review_adapter, r.status, r.edited_answer, r.also_asked,
+SELECT t.*, r.adapter_name AS review_adapter,
+       (SELECT a.label FROM adapters a WHERE a.name = r.adapter_name) AS review_label,
+       r.status, r.edited_answer, r.also_asked,
        r.reviewer_id, r.reviewed_at, (SELECT COALESCE(SUM(f.value), 0) FROM feedback f
                        WHERE f.turn_id = t.id) AS score
 FROM review r JOIN turns t ON t.id = r.turn_id"""
+# a pair belongs to the scope of its turn's guild (0: the direct scope); scope None: all
+_IN_SCOPE = "(? IS NULL OR COALESCE(t.guild_id, 0) = ?)"
+_TURNS_IN_SCOPE = "(? IS NULL OR turn_id IN (SELECT id FROM turns WHERE COALESCE(guild_id, 0) = ?))"
 SELECT_REVIEWS = _REVIEW_COLUMNS + """
-WHERE r.status = ? AND (? IS NULL OR r.adapter_name = ?) ORDER BY score DESC, t.id LIMIT ?"""
+WHERE r.status = ? AND (? IS NULL OR r.adapter_name = ?) AND """ + _IN_SCOPE + """
+ORDER BY score DESC, t.id LIMIT ?"""
 SELECT_REVIEW = _REVIEW_COLUMNS + " WHERE r.turn_id = ?"
 COUNT_REVIEWS = """
-SELECT COUNT(*) FROM review WHERE status = ? AND (? IS NULL OR adapter_name = ?)"""
+SELECT COUNT(*) FROM review WHERE status = ? AND (? IS NULL OR adapter_name = ?)
+    AND """ + _TURNS_IN_SCOPE
 DECIDE_REVIEW = """
 UPDATE review SET status = ?, edited_answer = ?, also_asked = COALESCE(?, also_asked),
     reviewer_id = ?, reviewed_at = """ + NOW + """
 WHERE turn_id = ?"""
 _PENDING_AT_LEAST = """
-FROM review WHERE status = 'pending' AND (? IS NULL OR adapter_name = ?)
+FROM review WHERE status = 'pending' AND (? IS NULL OR adapter_name = ?) AND """ + \
+    _TURNS_IN_SCOPE + """
     AND (SELECT COALESCE(SUM(value), 0) FROM feedback WHERE turn_id = review.turn_id) >= ?"""
 COUNT_PENDING_AT_LEAST = "SELECT COUNT(*) " + _PENDING_AT_LEAST
 APPROVE_PENDING_AT_LEAST = """
@@ -105,7 +117,7 @@ SELECT t.id AS turn_id, t.question, COALESCE(r.edited_answer, t.answer) AS answe
        r.adapter_name, t.channel_id, t.context, t.created_at, r.also_asked,
        (SELECT COALESCE(SUM(f.value), 0) FROM feedback f WHERE f.turn_id = t.id) AS score
 FROM review r JOIN turns t ON t.id = r.turn_id
-WHERE r.status = 'approved' AND (? IS NULL OR r.adapter_name = ?)
+WHERE r.status = 'approved' AND (? IS NULL OR r.adapter_name = ?) AND """ + _IN_SCOPE + """
 ORDER BY t.id"""
 INSERT_APPROVED_REVIEW = """
 INSERT INTO review (turn_id, adapter_name, also_asked, status, reviewed_at)
@@ -118,11 +130,13 @@ DELETE_VOTES_OF_USER = "DELETE FROM feedback WHERE user_id = ?"
 
 # --- training runs ------------------------------------------------------------------
 _RUN_COLUMNS = """
-SELECT r.*, a.name AS adapter FROM training_runs r JOIN adapters a ON a.id = r.adapter_id"""
+SELECT r.*, a.name AS adapter, a.label AS adapter_label, a.guild_id AS adapter_guild
+FROM training_runs r JOIN adapters a ON a.id = r.adapter_id"""
 INSERT_RUN = """
 INSERT INTO training_runs (adapter_id, status, trigger, requested_by) VALUES (?, 'queued', ?, ?)"""
 SELECT_RUN = _RUN_COLUMNS + " WHERE r.id = ?"
-LIST_RUNS = _RUN_COLUMNS + " WHERE (? IS NULL OR a.name = ?) ORDER BY r.id DESC LIMIT ?"
+LIST_RUNS = _RUN_COLUMNS + """
+WHERE (? IS NULL OR a.name = ?) AND (? IS NULL OR a.guild_id = ?) ORDER BY r.id DESC LIMIT ?"""
 RUN_COLUMNS_UPDATABLE = frozenset(
     {"status", "pid", "version", "metrics", "error", "log_path", "started_at", "finished_at"})
 
@@ -160,14 +174,20 @@ DELETE_LOCK = "DELETE FROM training_lock WHERE id = 1 AND (? IS NULL OR run_id I
 RUNS_LEFT_RUNNING = _RUN_COLUMNS + " WHERE r.status IN ('queued', 'running')"
 
 # --- stats --------------------------------------------------------------------------
+# the counts of one scope (parameters: the scope, seven times over; None: every guild's)
+_SCOPE_TURNS = "SELECT id FROM turns WHERE ?1 IS NULL OR COALESCE(guild_id, 0) = ?1"
 STATS = """
-SELECT (SELECT COUNT(*) FROM turns) AS answers,
-       (SELECT COUNT(*) FROM feedback) AS votes,
-       (SELECT COUNT(*) FROM review WHERE status = 'pending') AS pending,
-       (SELECT COUNT(*) FROM review WHERE status = 'approved') AS approved,
-       (SELECT COUNT(*) FROM review WHERE status = 'rejected') AS rejected,
-       (SELECT COUNT(*) FROM adapters) AS adapters,
-       (SELECT COUNT(*) FROM training_runs) AS runs"""
+SELECT (SELECT COUNT(*) FROM (""" + _SCOPE_TURNS + """)) AS answers,
+       (SELECT COUNT(*) FROM feedback WHERE turn_id IN (""" + _SCOPE_TURNS + """)) AS votes,
+       (SELECT COUNT(*) FROM review WHERE status = 'pending'
+            AND turn_id IN (""" + _SCOPE_TURNS + """)) AS pending,
+       (SELECT COUNT(*) FROM review WHERE status = 'approved'
+            AND turn_id IN (""" + _SCOPE_TURNS + """)) AS approved,
+       (SELECT COUNT(*) FROM review WHERE status = 'rejected'
+            AND turn_id IN (""" + _SCOPE_TURNS + """)) AS rejected,
+       (SELECT COUNT(*) FROM adapters WHERE ?1 IS NULL OR guild_id = ?1) AS adapters,
+       (SELECT COUNT(*) FROM training_runs WHERE adapter_id IN (
+            SELECT id FROM adapters WHERE ?1 IS NULL OR guild_id = ?1)) AS runs"""
 
 
 def update_run_sql(columns: list[str]) -> str:
@@ -184,6 +204,7 @@ _REVIEW_SEARCH = "SELECT * FROM (" + _REVIEW_COLUMNS + """) AS pair
 WHERE status = ?
   AND (? IS NULL OR COALESCE(review_adapter, '__base__') = ?)
   AND (? IS NULL OR channel_id = ?)
+  AND (? IS NULL OR COALESCE(guild_id, 0) = ?)
   AND (? IS NULL OR score >= ?)
   AND (? IS NULL OR question LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\'
        OR edited_answer LIKE ? ESCAPE '\\')"""
@@ -196,10 +217,12 @@ REVIEW_SORTS = {
     "channel": "channel_id, score DESC, id",
     "reviewed": "reviewed_at DESC, id DESC",
 }
-REVIEW_COUNTS = "SELECT adapter_name, status, COUNT(*) AS n FROM review GROUP BY 1, 2"
+REVIEW_COUNTS = """
+SELECT adapter_name, status, COUNT(*) AS n FROM review WHERE """ + _TURNS_IN_SCOPE + """
+GROUP BY 1, 2"""
 REVIEW_CHANNELS = """
 SELECT DISTINCT t.channel_id FROM review r JOIN turns t ON t.id = r.turn_id
-WHERE r.status = ? ORDER BY 1"""
+WHERE r.status = ? AND """ + _IN_SCOPE + " ORDER BY 1"
 # a turn deleted by /forget leaves its number here and nothing else
 VERSION_PAIRS = """
 SELECT p.turn_id, p.split, t.question, COALESCE(r.edited_answer, t.answer) AS answer
@@ -209,8 +232,10 @@ LEFT JOIN turns t ON t.id = p.turn_id LEFT JOIN review r ON r.turn_id = p.turn_i
 WHERE a.name = ? AND v.version = ?
 ORDER BY CASE p.split WHEN 'train' THEN 0 WHEN 'validation' THEN 1 ELSE 2 END, p.turn_id"""
 INSERT_ADMIN_ACTION = """
-INSERT INTO admin_actions (admin_id, source, action, target, detail) VALUES (?, ?, ?, ?, ?)"""
-RECENT_ADMIN_ACTIONS = "SELECT * FROM admin_actions ORDER BY id DESC LIMIT ?"
+INSERT INTO admin_actions (admin_id, source, action, target, detail, guild_id)
+VALUES (?, ?, ?, ?, ?, ?)"""
+RECENT_ADMIN_ACTIONS = """
+SELECT * FROM admin_actions WHERE ? IS NULL OR COALESCE(guild_id, 0) = ? ORDER BY id DESC LIMIT ?"""
 
 
 def search_reviews_sql(sort: str, *, count: bool = False) -> str:
@@ -223,10 +248,11 @@ def search_reviews_sql(sort: str, *, count: bool = False) -> str:
 
 
 def review_search_params(status: str, adapter: str | None, channel_id: int | None,
-                         min_score: int | None, text: str | None) -> tuple:
+                         min_score: int | None, text: str | None,
+                         scope: int | None = None) -> tuple:
     pattern = None
     if text:
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%"
-    return (status, adapter, adapter, channel_id, channel_id, min_score, min_score,
-            pattern, pattern, pattern, pattern)
+    return (status, adapter, adapter, channel_id, channel_id, scope, scope,
+            min_score, min_score, pattern, pattern, pattern, pattern)

@@ -11,7 +11,21 @@ from typing import Any
 from .errors import InvalidAdapterNameError
 
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+# the key of an adapter on the host (its files, the engine, the trainer): its name, or its
+# name and its guild when another guild held that name first (see `adapter_key`)
+ADAPTER_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BASE_ADAPTER = "__base__"
+DIRECT_SCOPE = 0  # the scope of DMs, the console and the CLI: no guild, the bot's owners'
+
+
+def scope_of(guild_id: int | None) -> int:
+    """The scope a guild id (None: a DM, the console) belongs to."""
+    return guild_id or DIRECT_SCOPE
+
+
+def adapter_key(label: str, scope: int) -> str:
+    """The host-wide key for a new adapter whose label is taken as a key already."""
+    return f"{label}-g{scope}" if scope != DIRECT_SCOPE else f"{label}-dm"
 
 
 def validate_adapter_name(name: str) -> str:
@@ -22,6 +36,13 @@ def validate_adapter_name(name: str) -> str:
             f"invalid adapter name {shown!r}: use 1-40 characters, lower-case letters, digits, "
             f"'-' or '_', starting with a letter or digit (for example 'support-faq')")
     return name
+
+
+def validate_adapter_key(key: str) -> str:
+    """An adapter's key as the trainer and the files take it (a name, or `name-gGUILD`)."""
+    if isinstance(key, str) and ADAPTER_KEY.match(key):
+        return key
+    return validate_adapter_name(key)  # the error people know
 
 
 def _json(text: str | None, default: Any) -> Any:
@@ -37,11 +58,14 @@ class Adapter:
     system_prompt: str | None
     based_on: str | None
     created_at: str
+    guild_id: int = DIRECT_SCOPE  # its scope: a guild id, or DIRECT_SCOPE
+    label: str = ""  # the name people see and type (unique per guild); `name` is the key
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Adapter:
         return cls(row["id"], row["name"], row["base_model"], row["description"],
-                   row["system_prompt"], row["based_on"], row["created_at"])
+                   row["system_prompt"], row["based_on"], row["created_at"],
+                   row["guild_id"], row["label"] or row["name"])
 
 
 @dataclass(frozen=True)
@@ -75,9 +99,10 @@ def previous_version(versions: list[AdapterVersion], serving: AdapterVersion | N
 class ResolvedAdapter:
     """What serves a channel: an adapter and its serving version (None = none yet)."""
 
-    name: str
+    name: str  # the key
     version: AdapterVersion | None
     via: str  # 'channel' or 'guild'
+    label: str = ""  # the name people see
 
 
 @dataclass(frozen=True)
@@ -122,6 +147,11 @@ class ReviewItem:
     reviewer_id: int | None
     reviewed_at: str | None
     also_asked: list[str] = field(default_factory=list)  # the reviewer's other ways to ask
+    adapter_label: str | None = None  # the adapter's name as people see it
+
+    @property
+    def scope(self) -> int:
+        return scope_of(self.turn.guild_id)
 
 
 @dataclass(frozen=True)
@@ -160,10 +190,13 @@ class TrainingRun:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    adapter_label: str = ""  # the adapter's name as people see it
+    adapter_guild: int = DIRECT_SCOPE  # its scope
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TrainingRun:
         return cls(row["id"], row["adapter"], row["status"], row["trigger"],
                    row["requested_by"], row["pid"], row["version"], _json(row["metrics"], {}),
                    row["error"], row["log_path"], row["created_at"], row["started_at"],
-                   row["finished_at"])
+                   row["finished_at"], row["adapter_label"] or row["adapter"],
+                   row["adapter_guild"])

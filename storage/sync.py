@@ -47,8 +47,10 @@ class SyncStore:
         """The adapter row, created when missing; (adapter, created)."""
         return adapters.ensure_adapter(self.conn, name, base_model, system_prompt)
 
-    def approved_pairs(self, adapter: str | None = None) -> list[Pair]:
-        return feedback.approved_pairs(self.conn, adapter)
+    def approved_pairs(self, adapter: str | None = None,
+                       scope: int | None = None) -> list[Pair]:
+        """An adapter's (key) approved pairs, of its own guild only."""
+        return feedback.approved_pairs(self.conn, adapter, scope)
 
     def serving_version(self, adapter: str) -> AdapterVersion | None:
         return adapters.serving_version(self.conn, adapter)
@@ -89,6 +91,9 @@ class SyncStore:
 
     def list_runs(self, adapter: str | None = None, limit: int = 20) -> list[TrainingRun]:
         return runs.list_runs(self.conn, adapter, limit)
+
+    def list_adapters(self) -> list[Adapter]:
+        return adapters.list_adapters(self.conn)
 
     def update_run(self, run_id: int, **fields: Any) -> TrainingRun:
         return runs.update_run(self.conn, run_id, **fields)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from storage import Database, SyncStore, latest_version
-from storage.migrations import load_migrations, split_statements
+from storage.migrations import load_migrations, split_statements, take_note
 
 
 def at(day: int, hour: int = 12) -> str:
@@ -107,6 +107,17 @@ ROWS: dict[int, dict[str, list[dict[str, Any]]]] = {
 # or id of the row (rows not named get the default in both cases).
 ADDED_COLUMNS: dict[int, dict[tuple[str, str], tuple[dict[int, Any], Any]]] = {
     6: {("review", "also_asked"): ({1: '["Where is the coffee?"]'}, "[]")},
+    7: {("adapters", "guild_id"): ({1: 10, 2: 10}, 0),
+        ("adapters", "label"): ({1: "faq", 2: "faq-fr"}, ""),
+        ("admin_actions", "guild_id"): ({1: 10}, None)},
+}
+# What a migration sets in the rows it finds (not a default): {migration: {(table,
+# column): {id or turn_id: value}}}. 0007 places each adapter in its channels' guild, and
+# the question imported for `faq` (turn 3, no guild) in faq's guild.
+MIGRATED: dict[int, dict[tuple[str, str], dict[int, Any]]] = {
+    7: {("adapters", "guild_id"): {1: 10, 2: 10},
+        ("adapters", "label"): {1: "faq", 2: "faq-fr"},
+        ("turns", "guild_id"): {3: 10}},
 }
 
 EVERY_VERSION = list(range(1, latest_version() + 1))  # the last: reopened, nothing to do
@@ -130,6 +141,12 @@ def rows_expected_after_migrating_from(version: int) -> dict[str, list[dict[str,
         for (table, column), (_written, default) in columns.items():
             for row in tables.get(table, []) if number > version else []:
                 row[column] = default
+    for number, columns in MIGRATED.items():
+        for (table, column), values in columns.items():
+            for row in tables.get(table, []) if number > version else []:
+                key = row.get("id", row.get("turn_id"))
+                if key in values:
+                    row[column] = values[key]
     return tables
 
 
@@ -143,6 +160,7 @@ def build_database(path: Path, version: int) -> None:
             conn.execute("BEGIN IMMEDIATE")
             for statement in split_statements(migration.sql):
                 conn.execute(statement)
+            take_note(conn)  # as storage.migrations does: the note goes to the log
             conn.execute(f"PRAGMA user_version = {migration.number:d}")
             conn.execute("COMMIT")
         assert conn.execute("PRAGMA user_version").fetchone()[0] == version
@@ -253,3 +271,64 @@ def test_the_rows_above_cover_every_table_and_column_of_the_latest_schema(tmp_pa
     assert set(ROWS) | set(ADDED_COLUMNS) <= set(EVERY_VERSION)
     for rows in rows_written_at(latest_version()).values():  # one shape per table
         assert all(set(row) == set(rows[0]) for row in rows)
+
+
+def build_two_guilds_v6(path: Path) -> None:
+    """A schema-6 database of a bot in two servers, as releases before 0007 left one:
+    adapters with no guild, and one of them (`faq`) also bound in the other server."""
+    build_database(path, 6)
+    rows = {
+        "adapters": [dict(id=3, name="help", base_model="tiny"),
+                     dict(id=4, name="orphan", base_model="tiny")],
+        "channel_adapters": [dict(channel_id=200, guild_id=20, adapter_id=3),
+                             dict(channel_id=201, guild_id=20, adapter_id=1)],  # faq, in 20
+        "turns": [
+            dict(id=10, guild_id=20, channel_id=200, question="B's secret?", answer="B42",
+                 adapter_name="help"),
+            dict(id=11, guild_id=20, channel_id=201, question="B via faq?", answer="B43",
+                 adapter_name="faq"),
+            dict(id=12, source="console", guild_id=None, channel_id=0, question="console q",
+                 answer="console a", adapter_name="help"),
+        ],
+        "review": [dict(turn_id=10, adapter_name="help", status="approved"),
+                   dict(turn_id=11, adapter_name="faq", status="approved"),
+                   dict(turn_id=12, adapter_name="help", status="pending")],
+    }
+    with sqlite3.connect(path) as conn:
+        for table, table_rows in rows.items():
+            for row in table_rows:
+                conn.execute(f"INSERT INTO {table} ({', '.join(row)}) "
+                             f"VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+
+async def test_the_guild_migration_puts_two_servers_rows_each_in_its_place(tmp_path, caplog):
+    path = tmp_path / "two-guilds.sqlite3"
+    build_two_guilds_v6(path)
+    with caplog.at_level("INFO", logger="storage.migrations"):
+        async with Database(path) as db:
+            placed = {a.name: (a.guild_id, a.label) for a in await db.list_adapters()}
+            assert placed == {"faq": (10, "faq"), "faq-fr": (10, "faq-fr"),
+                              "help": (20, "help"), "orphan": (0, "orphan")}
+            assert [a.name for a in await db.list_adapters(20)] == ["help"]
+            # guild 20's channel bound to guild 10's adapter is let go of it
+            assert (await db.resolve_adapter_for(200, 20)).name == "help"
+            assert await db.resolve_adapter_for(201, 20) is None
+            assert (await db.resolve_adapter_for(100, 10)).name == "faq"
+            # each pair in its guild: 20's question asked through faq stays 20's, as a
+            # base-model pair, and trains neither faq nor help
+            assert [p.turn_id for p in await db.approved_pairs("faq")] == [1]
+            assert [p.turn_id for p in await db.approved_pairs("help")] == [10]
+            assert [p.turn_id for p in await db.approved_pairs(scope=20)] == [10, 11]
+            assert (await db.get_review(11)).adapter_name is None
+            # the console's question answered by help went with help, to guild 20
+            assert (await db.get_turn(12)).guild_id == 20
+            assert [r.turn.id for r in await db.reviews("pending", scope=20)] == [12]
+            assert await db.stats(20) == {"answers": 3, "votes": 0, "pending": 1,
+                                          "approved": 2, "rejected": 0, "adapters": 1,
+                                          "runs": 0}
+            assert (await db.stats(10))["answers"] == 2 and (await db.stats(0))["adapters"] == 1
+            assert await db.get_state("migration_note") is None  # read into the log
+    [note] = [r.getMessage() for r in caplog.records if "0007_guild_scope" in r.getMessage()]
+    assert ("3 adapter(s) placed in their guild, 1 in the direct scope" in note
+            and "1 channel binding(s), 0 server default(s), 1 pair(s)" in note), note
+    assert file_problems(path) == []

@@ -274,8 +274,8 @@ async def test_adapters_versions_and_serving(db):
 
 
 async def test_resolve_adapter_channel_then_guild_then_base(db):
-    await db.create_adapter("guild-wide", "base")
-    await db.create_adapter("channel-one", "base")
+    await db.create_adapter("guild-wide", "base", scope=1)
+    await db.create_adapter("channel-one", "base", scope=1)
     await db.add_version("channel-one", path="p", status="serving")
     assert await db.resolve_adapter_for(10, guild_id=1) is None
     await db.set_guild_default(1, "guild-wide")
@@ -288,6 +288,49 @@ async def test_resolve_adapter_channel_then_guild_then_base(db):
     assert await db.channels_of("channel-one") == [10]
     await db.unbind_channel(10)
     assert (await db.resolve_adapter_for(10, guild_id=1)).name == "guild-wide"
+
+
+async def test_names_are_unique_per_guild_and_nothing_crosses_to_another(db):
+    """Two servers may both call an adapter `faq`; each sees, binds and trains only its
+    own, and a pair of one never reaches the other's listings or training data."""
+    first = await db.create_adapter("faq", "base", scope=1)
+    second = await db.create_adapter("faq", "base", scope=2)
+    direct = await db.create_adapter("faq", "base")
+    assert [(a.name, a.label, a.guild_id) for a in (first, second, direct)] == [
+        ("faq", "faq", 1), ("faq-g2", "faq", 2), ("faq-dm", "faq", 0)]
+    with pytest.raises(AdapterExistsError):
+        await db.create_adapter("faq", "base", scope=2)
+    assert (await db.adapter_in("faq", 2)).name == "faq-g2"
+    await db.create_adapter("only-one", "base", scope=1)
+    with pytest.raises(UnknownAdapterError) as unknown:  # the other guild's stay unseen
+        await db.adapter_in("only-one", 2)
+    assert unknown.value.known == ["faq"]
+    with pytest.raises(StorageError, match="belongs to another server"):
+        await db.bind_channel(20, "faq", guild_id=2)
+    with pytest.raises(StorageError, match="belongs to another server"):
+        await db.create_adapter("copy", "base", scope=2, based_on="faq")
+    await db.bind_channel(20, "faq-g2", guild_id=2)
+    assert (await db.resolve_adapter_for(20, 2)).label == "faq"
+
+    turns = {}
+    for guild, adapter in ((1, "faq"), (2, "faq-g2"), (None, None)):
+        turns[guild] = await db.record_turn(channel_id=guild or 0, guild_id=guild,
+                                            author_id=7, question=f"q{guild}",
+                                            answer=f"a{guild}", adapter_name=adapter)
+        await db.cast_vote(turns[guild], 8, 1, min_score=1)
+    assert [r.turn.id for r in await db.reviews(scope=2)] == [turns[2]]
+    assert await db.count_reviews(scope=0) == 1 and await db.count_reviews() == 3
+    assert await db.approve_pending_at_least(1, reviewer_id=9, scope=1) == 1
+    assert await db.count_pending_at_least(1, scope=1) == 0
+    assert await db.count_pending_at_least(1, scope=2) == 1
+    assert [p.turn_id for p in await db.approved_pairs("faq")] == [turns[1]]
+    assert await db.approved_pairs("faq-g2") == []
+    assert (await db.stats(2))["pending"] == 1 and (await db.stats(1))["approved"] == 1
+    assert set(await db.review_counts(2)) == {"faq-g2"}
+    assert await db.review_channels("pending", 2) == [2]
+    await db.create_run("faq-g2")
+    assert [r.adapter_label for r in await db.list_runs(scope=2)] == ["faq"]
+    assert await db.list_runs(scope=1) == []
 
 
 async def test_forget_user_deletes_their_rows(db):

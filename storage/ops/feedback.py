@@ -88,18 +88,20 @@ def score(conn: sqlite3.Connection, turn_id: int) -> int:
 def review_item(row: sqlite3.Row) -> ReviewItem:
     return ReviewItem(Turn.from_row(row), row["review_adapter"], row["status"], row["score"],
                       row["edited_answer"], row["reviewer_id"], row["reviewed_at"],
-                      json.loads(row["also_asked"] or "[]"))
+                      json.loads(row["also_asked"] or "[]"), row["review_label"])
 
+
+# `scope`: the pairs of one guild (records.scope_of; None: of every guild)
 
 def reviews(conn: sqlite3.Connection, status: str = "pending", adapter: str | None = None,
-            limit: int = 25) -> list[ReviewItem]:
-    rows = conn.execute(q.SELECT_REVIEWS, (status, adapter, adapter, limit))
+            limit: int = 25, scope: int | None = None) -> list[ReviewItem]:
+    rows = conn.execute(q.SELECT_REVIEWS, (status, adapter, adapter, scope, scope, limit))
     return [review_item(r) for r in rows]
 
 
 def count_reviews(conn: sqlite3.Connection, status: str = "pending",
-                  adapter: str | None = None) -> int:
-    return _count(conn, q.COUNT_REVIEWS, (status, adapter, adapter))
+                  adapter: str | None = None, scope: int | None = None) -> int:
+    return _count(conn, q.COUNT_REVIEWS, (status, adapter, adapter, scope, scope))
 
 
 def get_review(conn: sqlite3.Connection, turn_id: int) -> ReviewItem | None:
@@ -130,30 +132,36 @@ def decide_review(conn: sqlite3.Connection, turn_id: int, status: str, *, review
 
 
 def count_pending_at_least(conn: sqlite3.Connection, min_score: int,
-                           adapter: str | None = None) -> int:
-    return _count(conn, q.COUNT_PENDING_AT_LEAST, (adapter, adapter, min_score))
+                           adapter: str | None = None, scope: int | None = None) -> int:
+    return _count(conn, q.COUNT_PENDING_AT_LEAST, (adapter, adapter, scope, scope, min_score))
 
 
 def approve_pending_at_least(conn: sqlite3.Connection, min_score: int, *, reviewer_id: int,
-                             adapter: str | None = None) -> int:
+                             adapter: str | None = None, scope: int | None = None) -> int:
     """Bulk approval: every pending pair whose net score is at least `min_score`."""
     with write_transaction(conn):
-        return conn.execute(q.APPROVE_PENDING_AT_LEAST,
-                            (reviewer_id, adapter, adapter, min_score)).rowcount
+        return conn.execute(q.APPROVE_PENDING_AT_LEAST, (reviewer_id, adapter, adapter, scope,
+                                                         scope, min_score)).rowcount
 
 
-def approved_pairs(conn: sqlite3.Connection, adapter: str | None = None) -> list[Pair]:
-    return [Pair.from_row(r) for r in conn.execute(q.APPROVED_PAIRS, (adapter, adapter))]
+def approved_pairs(conn: sqlite3.Connection, adapter: str | None = None,
+                   scope: int | None = None) -> list[Pair]:
+    """The approved pairs of an adapter (key) — only those of its own guild — or of a
+    scope (None and no adapter: all)."""
+    if adapter is not None and scope is None:
+        scope = require_adapter(conn, adapter).guild_id
+    rows = conn.execute(q.APPROVED_PAIRS, (adapter, adapter, scope, scope))
+    return [Pair.from_row(r) for r in rows]
 
 
 def import_pairs(conn: sqlite3.Connection, pairs: list[Pair], adapter: str) -> int:
     """Add `pairs` (read by storage.pairs.read_pairs_jsonl) as approved training data of
     `adapter`: all of them or, when one fails, none."""
-    require_adapter(conn, adapter)
+    guild_id = require_adapter(conn, adapter).guild_id or None  # they join its guild
     with write_transaction(conn):
         for pair in pairs:
             turn_id = conn.execute(q.INSERT_TURN, (
-                "import", None, pair.channel_id or 0, 0, None, None, pair.question,
+                "import", guild_id, pair.channel_id or 0, 0, None, None, pair.question,
                 json.dumps(pair.context, ensure_ascii=False), pair.answer, adapter, None,
                 None)).lastrowid
             conn.execute(q.INSERT_APPROVED_REVIEW, (
@@ -190,30 +198,34 @@ def truncate_wal(conn: sqlite3.Connection) -> bool:
 def search_reviews(conn: sqlite3.Connection, status: str = "pending", *,
                    adapter: str | None = None, channel_id: int | None = None,
                    min_score: int | None = None, text: str | None = None,
-                   sort: str = "score", limit: int = 100, offset: int = 0) -> list[ReviewItem]:
+                   sort: str = "score", limit: int = 100, offset: int = 0,
+                   scope: int | None = None) -> list[ReviewItem]:
     """Review items filtered by adapter (BASE_ADAPTER: the base model's), channel,
     least score and a text in the question or answer, in one of `q.REVIEW_SORTS`."""
-    params = q.review_search_params(status, adapter, channel_id, min_score, text)
+    params = q.review_search_params(status, adapter, channel_id, min_score, text, scope)
     rows = conn.execute(q.search_reviews_sql(sort), (*params, limit, offset))
     return [review_item(r) for r in rows]
 
 
 def count_search_reviews(conn: sqlite3.Connection, status: str = "pending", *,
                          adapter: str | None = None, channel_id: int | None = None,
-                         min_score: int | None = None, text: str | None = None) -> int:
-    params = q.review_search_params(status, adapter, channel_id, min_score, text)
+                         min_score: int | None = None, text: str | None = None,
+                         scope: int | None = None) -> int:
+    params = q.review_search_params(status, adapter, channel_id, min_score, text, scope)
     return _count(conn, q.search_reviews_sql("score", count=True), params)
 
 
-def review_counts(conn: sqlite3.Connection) -> dict[str | None, dict[str, int]]:
-    """{adapter (None: the base model's pairs): {status: count}} over every pair."""
+def review_counts(conn: sqlite3.Connection,
+                  scope: int | None = None) -> dict[str | None, dict[str, int]]:
+    """{adapter (None: the base model's pairs): {status: count}} over the scope's pairs."""
     counts: dict[str | None, dict[str, int]] = {}
-    for row in conn.execute(q.REVIEW_COUNTS):
+    for row in conn.execute(q.REVIEW_COUNTS, (scope, scope)):
         counts.setdefault(row["adapter_name"], {s: 0 for s in REVIEW_STATUSES})[
             row["status"]] = row["n"]
     return counts
 
 
-def review_channels(conn: sqlite3.Connection, status: str = "pending") -> list[int]:
+def review_channels(conn: sqlite3.Connection, status: str = "pending",
+                    scope: int | None = None) -> list[int]:
     """Channels that have pairs in `status` (what a channel filter can offer)."""
-    return [r[0] for r in conn.execute(q.REVIEW_CHANNELS, (status,))]
+    return [r[0] for r in conn.execute(q.REVIEW_CHANNELS, (status, scope, scope))]

@@ -40,8 +40,10 @@ def get_run(conn: sqlite3.Connection, run_id: int, *, hint: str = "") -> Trainin
 
 
 def list_runs(conn: sqlite3.Connection, adapter: str | None = None,
-              limit: int = 20) -> list[TrainingRun]:
-    return [TrainingRun.from_row(r) for r in conn.execute(q.LIST_RUNS, (adapter, adapter, limit))]
+              limit: int = 20, scope: int | None = None) -> list[TrainingRun]:
+    """The newest runs of an adapter (key) or of a scope's adapters (None: all)."""
+    rows = conn.execute(q.LIST_RUNS, (adapter, adapter, scope, scope, limit))
+    return [TrainingRun.from_row(r) for r in rows]
 
 
 def runs_left_running(conn: sqlite3.Connection) -> list[TrainingRun]:
@@ -122,19 +124,22 @@ def set_state(conn: sqlite3.Connection, key: str, value: str) -> None:
         conn.execute(q.SET_STATE, (key, value))
 
 
-def stats(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute(q.STATS).fetchone())
+def stats(conn: sqlite3.Connection, scope: int | None = None) -> dict[str, int]:
+    """The counts of one scope's answers, votes, pairs, adapters and runs (None: all)."""
+    return dict(conn.execute(q.STATS, (scope,)).fetchone())
 
 
 def record_admin_action(conn: sqlite3.Connection, admin_id: int, action: str,
                         target: str | None = None, detail: dict[str, Any] | None = None, *,
-                        source: str = "web") -> None:
-    """Who did what to which thing: the admin log (see migration 0005)."""
+                        source: str = "web", guild_id: int | None = None) -> None:
+    """Who did what to which thing, in which guild: the admin log (migrations 0005, 0007)."""
     with write_transaction(conn):
         conn.execute(q.INSERT_ADMIN_ACTION, (admin_id, source, action, target,
-                                             json.dumps(detail or {}, ensure_ascii=False)))
+                                             json.dumps(detail or {}, ensure_ascii=False),
+                                             guild_id))
 
 
-def admin_actions(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
-    rows = conn.execute(q.RECENT_ADMIN_ACTIONS, (limit,))
+def admin_actions(conn: sqlite3.Connection, limit: int = 50,
+                  scope: int | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(q.RECENT_ADMIN_ACTIONS, (scope, scope, limit))
     return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
