@@ -92,8 +92,9 @@ class ConsoleChat:
         self.core = Commands(Services(config=config, db=db, training=self.training,
                                       promote=engine.promote))
         # the console is one channel whose single user is its admin
+        # whoever runs the console owns the bot: the direct scope is theirs
         self.caller = Caller(user_id=CONSOLE_USER_ID, channel_id=CONSOLE_CHANNEL_ID,
-                             is_admin=True, name="console")
+                             is_admin=True, name="console", is_owner=True)
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
             "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
             "/adapter": self.adapter, "/review": self.review, "/stats": self.stats,
@@ -294,7 +295,7 @@ class ConsoleChat:
         if args and args[0].lower() == "start":  # `/train start NAME`, as on Discord
             args = args[1:]
         run = await ops.start(me, args[0] if args else None)
-        self.say(f"training {run.adapter} (run {run.id})…")
+        self.say(f"training {run.adapter_label} (run {run.id})…")
         last = 0.0
 
         async def on_event(event: dict) -> None:

@@ -16,7 +16,7 @@ from storage import Database
 
 from .commands import Commands, Services
 from .engine_base import GenerationEngine
-from .permissions import member_is_admin
+from .permissions import member_is_admin, owner_ids
 from .routing import Router
 from .training import TrainingService
 
@@ -59,7 +59,10 @@ class ChannelBot(commands.Bot):
 
     async def still_admin(self, guild_id: int, user_id: int) -> bool | None:
         """Is the user an admin of that server now? (Asked of Discord: no member cache.)
-        None when Discord cannot tell just now (reconnecting, an HTTP error)."""
+        None when Discord cannot tell just now (reconnecting, an HTTP error). An owner
+        is an admin everywhere."""
+        if user_id in owner_ids(self, self.config.discord):
+            return True
         guild = self.get_guild(guild_id)
         if guild is None:
             return None if not self.is_ready() else False  # cache rebuilding, or bot left

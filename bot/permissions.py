@@ -19,7 +19,32 @@ class NotAdmin(app_commands.CheckFailure):
         super().__init__(f"Only {ADMIN_HELP} can use `/{command}`.")
 
 
+def owner_ids(client: discord.Client, config: DiscordConfig) -> set[int]:
+    """The bot's owners: `discord.owner_ids` and the application's owner — for a team,
+    its admins and developers (as `commands.Bot.is_owner` counts them) — which
+    discord.py reads at login."""
+    owners = set(config.owner_ids)
+    application = client.application
+    if application is not None:
+        team = application.team
+        if team is not None:
+            owners.update(m.id for m in team.members
+                          if m.role in (discord.TeamMemberRole.admin,
+                                        discord.TeamMemberRole.developer))
+        elif application.owner is not None:
+            owners.add(application.owner.id)
+    return owners
+
+
+def is_owner(interaction: discord.Interaction, config: DiscordConfig) -> bool:
+    return interaction.user.id in owner_ids(interaction.client, config)
+
+
 def is_admin(interaction: discord.Interaction, config: DiscordConfig) -> bool:
+    """Admin where the interaction comes from: Manage Server or an admin role in this
+    server; an owner everywhere, DMs (the direct scope) included."""
+    if is_owner(interaction, config):
+        return True
     user = interaction.user
     if interaction.guild is None or not isinstance(user, discord.Member):
         return False  # no server, no server admin

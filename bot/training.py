@@ -53,6 +53,11 @@ class Outcome:
     loss_curve: Path | None = None
     error: str | None = None
     report: dict[str, Any] | None = None  # the gate's: base vs serving vs candidate
+    label: str = ""  # the adapter's name as people see it (`adapter` is its key)
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.adapter
 
     def report_table(self) -> str:
         """The gate report as a fixed-width table ("" when the gate did not run)."""
@@ -63,9 +68,9 @@ class Outcome:
 
     def summary(self) -> str:
         if self.status == "cancelled":
-            return f"Training of {self.adapter} was cancelled (run {self.run_id})."
+            return f"Training of {self.shown} was cancelled (run {self.run_id})."
         if self.status != "succeeded":
-            return f"Training of {self.adapter} failed (run {self.run_id}): {self.error}"
+            return f"Training of {self.shown} failed (run {self.run_id}): {self.error}"
         numbers = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
                             if isinstance(v, float) and k.startswith(("eval", "held", "val")))
         if not numbers:  # nothing held out (the default): how the training itself went
@@ -75,7 +80,7 @@ class Outcome:
                                                                    int | float))
         verdict = ("promoted: it serves from now on" if self.promoted
                    else f"kept as a candidate: {self.reason}")
-        return f"{self.adapter} v{self.version} trained ({numbers or 'no metrics'}); {verdict}."
+        return f"{self.shown} v{self.version} trained ({numbers or 'no metrics'}); {verdict}."
 
 
 @dataclass
@@ -89,7 +94,7 @@ class ActiveRun:
     def progress(self) -> str:
         step, total = self.last.get("step"), self.last.get("total")
         loss = self.last.get("loss")
-        parts = [f"{self.run.adapter}: run {self.run.id}"]
+        parts = [f"{self.run.adapter_label}: run {self.run.id}"]
         if step is not None and total:
             parts.append(f"step {step}/{total}")
         if isinstance(loss, (int, float)):
@@ -163,9 +168,9 @@ class TrainingService:
             if self.active is not None:
                 raise TrainingBusy(f"a training run is already going ({self.active.progress()});"
                                    f" wait for it or cancel it")
-            await self.db.require_adapter(adapter)
+            label = (await self.db.require_adapter(adapter)).label
             if not await self.db.approved_pairs(adapter):
-                raise ValueError(f"{adapter} has no approved pairs to train on yet: vote with "
+                raise ValueError(f"{label} has no approved pairs to train on yet: vote with "
                                  f"👍 and approve pairs with /review first")
             holder = await self.db.acquire_training_lock(None, os.getpid(), socket.gethostname())
             if holder is not None:
@@ -237,7 +242,7 @@ class TrainingService:
         outcome = Outcome(run.id, run.adapter, status, version=done.get("version"),
                           promoted=bool(gate.get("promoted")), reason=gate.get("reason"),
                           metrics=done.get("metrics") or {}, error=error or run.error,
-                          report=gate.get("report"))
+                          report=gate.get("report"), label=run.adapter_label)
         if done.get("path"):
             curve = Path(done["path"]) / CURVE_FILE
             outcome.loss_curve = curve if curve.exists() else None

@@ -101,7 +101,12 @@ class DiscordConfig:
     dev_guild_ids: list[int] = setting([], "Guilds that get the commands when "
                                        "command_sync = 'guild'.")
     admin_role_ids: list[int] = setting([], "Roles allowed to run admin commands, besides "
-                                        "members with Manage Server.")
+                                        "members with Manage Server. An admin role counts "
+                                        "only in the server it belongs to.")
+    owner_ids: list[int] = setting([], "Users who administer every server the bot is in and "
+                                   "the direct scope (DMs), besides the application's owner "
+                                   "(or its team's admins and developers) from the Developer "
+                                   "Portal.")
     allowed_channel_ids: list[int] = setting([], "Channels the bot answers in. " + _SNOWFLAKE_LISTS)
     allowed_role_ids: list[int] = setting([], "Roles whose members may talk to the bot. "
                                           + _SNOWFLAKE_LISTS)

@@ -192,7 +192,7 @@ async def test_bad_adapter_names_and_corrupt_adapter_directories(world, caplog):
         name = f"broken-{index}"
         shutil.copytree(good, s.config.adapters_dir / name / "v1")
         corrupt(s.config.adapters_dir / name / "v1")
-        await s.db.create_adapter(name, "tiny")
+        await s.db.create_adapter(name, "tiny", scope=s.guild.id)
         await s.db.add_version(name, path=f"{name}/v1", status="serving")
         channel = await s.fake.create_channel(s.guild.id, name)
         await s.db.bind_channel(channel.id, name, guild_id=s.guild.id)

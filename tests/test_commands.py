@@ -145,7 +145,7 @@ async def seed(db: Database, adapters_dir, tiny_model_dir, *, channel_id: int,
         for version in (1, 2):
             save_random_adapter(tiny_model_dir, adapters_dir / "faq" / f"v{version}",
                                 seed=10 + version)
-        await db.create_adapter("faq", "tiny")
+        await db.create_adapter("faq", "tiny", scope=guild_id or 0)
         await db.add_version("faq", path="faq/v1", status="serving")
         await db.add_version("faq", path="faq/v2")
         await db.bind_channel(channel_id, "faq", guild_id=guild_id)
@@ -293,8 +293,11 @@ def test_every_operation_has_a_step():
     # the quick checks a face runs before it shows that it is working: part of the
     # rollback and train start steps
     first_steps = {"adapter rollback_target", "training adapter_for"}
+    # the lookups in the caller's scope every operation above makes
+    lookups = {"adapter find", "adapter labels", "review key", "review pair",
+               "training active_here"}
     assert ({o.replace("adapters ", "adapter ") for o in operations}
-            == covered | web_only | first_steps)
+            == covered | web_only | first_steps | lookups)
     seen = " ".join(step.console for step in STEPS)
     for command in ("/adapter list", "/adapter use", "/adapter unbind", "/adapter create",
                     "/adapter info", "/adapter prompt", "/adapter rollback", "/review approve",

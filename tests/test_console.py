@@ -63,7 +63,7 @@ async def test_bad_vote_edit_and_help(console):
     assert "nothing waiting for review" in out
     assert "#2 approved with your answer" in out
     assert "#2 approved; also asked as: Once more?" in out  # the correction is kept, not new
-    assert "error: answer 99 is not a review candidate" in out
+    assert "#99 is not a review candidate; /review shows the next one" in out
     assert "unknown command /nonsense" in out
     assert "/adapter use NAME" in out
     assert [p.answer for p in await db.approved_pairs()] == ["A better answer"]

@@ -57,7 +57,7 @@ async def world(fake_discord, tmp_path, tiny_model_dir):
         for version in (1, 2):
             save_random_adapter(tiny_model_dir, config.adapters_dir / "faq" / f"v{version}",
                                 seed=10 + version)
-        await db.create_adapter("faq", "tiny")
+        await db.create_adapter("faq", "tiny", scope=fake.world.guild.id)
         await db.add_version("faq", path="faq/v1", status="serving")
         await db.add_version("faq", path="faq/v2")  # a candidate, not serving
         await db.bind_channel(fake.world.general.id, "faq", guild_id=fake.world.guild.id)
@@ -150,7 +150,7 @@ async def test_long_answer_is_split_into_several_messages(world, tiny_model_dir)
     s = await world(max_new_tokens=600)
     # this seed's random adapter says ~3,300 characters in 600 tokens
     save_random_adapter(tiny_model_dir, s.config.adapters_dir / "long" / "v1", seed=26)
-    await s.db.create_adapter("long", "tiny")
+    await s.db.create_adapter("long", "tiny", scope=s.guild.id)
     await s.db.add_version("long", path="long/v1", status="serving")
     await s.db.bind_channel(s.general.id, "long", guild_id=s.guild.id)
     question, last = await ask(s, "Tell me everything.")
@@ -336,7 +336,7 @@ async def test_adapter_use_changes_the_version_the_next_answer_records(world):
     _, before = await ask(s, "which adapter?")
     turn = await s.db.turn_for_answer_message(before.id)
     assert (turn.adapter_name, turn.adapter_version) == ("faq", 1)
-    await s.db.create_adapter("support", "tiny")
+    await s.db.create_adapter("support", "tiny", scope=s.guild.id)
     await s.db.add_version("support", path="faq/v2", status="serving")
     interaction = await s.fake.invoke_command("adapter", {"name": "support"}, subcommand="use",
                                               user_id=s.admin.id, channel_id=s.general.id)

@@ -281,10 +281,10 @@ async def routed(tmp_path, tiny_model_dir, adapter_dirs, engine_factory):
                           '[discord]\nchannel_system_prompt = { "8" = "Channel eight." }\n',
                           base_dir=tmp_path)
     async with Database(config.database_path) as db:
-        await db.create_adapter("faq", "tiny", system_prompt="You answer FAQ questions.")
+        await db.create_adapter("faq", "tiny", scope=2, system_prompt="You answer FAQ questions.")
         await db.add_version("faq", path=dirs[0].name, status="serving")
         await db.add_version("faq", path=dirs[1].name)
-        await db.bind_channel(7, "faq", guild_id=1)
+        await db.bind_channel(7, "faq", guild_id=2)
         router = Router(config, db)
         engine = Engine(config, router)
         await engine.start()
@@ -294,7 +294,7 @@ async def routed(tmp_path, tiny_model_dir, adapter_dirs, engine_factory):
 
 async def test_router_resolves_channel_version_and_prompt(routed):
     _, router, db, dirs = routed
-    bound = await router.resolve(7, guild_id=1)
+    bound = await router.resolve(7, guild_id=2)
     assert (bound.adapter, bound.version, bound.key) == ("faq", 1, "faq__v1")
     assert bound.path == dirs[0] and bound.system_prompt == "You answer FAQ questions."
     unbound = await router.resolve(9, guild_id=2)

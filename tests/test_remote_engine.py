@@ -130,7 +130,7 @@ def remote_config(tmp_path, url, engine="", base=BASE):
 async def served(tmp_path, vllm, db):
     """A started remote engine whose router reads a real database: 'faq' v1 serves."""
     config = remote_config(tmp_path, vllm.url, "max_loaded_adapters = 2")
-    await db.create_adapter("faq", BASE, system_prompt="You answer FAQ questions.")
+    await db.create_adapter("faq", BASE, scope=1, system_prompt="You answer FAQ questions.")
     for version in (1, 2, 3):
         await db.add_version("faq", path=f"faq/v{version}",
                              status="serving" if version == 1 else "candidate")

@@ -175,7 +175,7 @@ async def test_the_token_is_in_no_log_reply_or_request_body(world, caplog):
     caplog.set_level(logging.DEBUG)
     await ask(s, "a normal question")
 
-    async def leaky_stats():
+    async def leaky_stats(*_args, **_kwargs):
         raise RuntimeError(f"could not read the stats with {token}")
 
     s.db.stats = leaky_stats  # an unexpected error whose text carries the token

@@ -46,7 +46,7 @@ async def seed(db, config) -> list[int]:
     from trainer.plot import plot_loss_curve
 
     await db.create_adapter("support", "SmolLM2-135M-Instruct")
-    await db.bind_channel(1001, "support", guild_id=1)
+    await db.bind_channel(1001, "support")  # the console's scope, as the link below
     ids = []
     for question, answer, score in QUESTIONS + [("Where is the wiki?", "At wiki.example.", 2)]:
         turn = await db.record_turn(channel_id=1001, author_id=7, question=question,

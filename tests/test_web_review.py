@@ -108,14 +108,17 @@ async def site(db, make_config):
 
 
 async def add_pairs(db, adapter: str, scores: list[int], *, channel_id: int = 10,
-                    texts: list[str] | None = None, author_id: int = 99) -> list[int]:
-    """Review candidates of `adapter` with these net scores (votes by users 1, 2, …)."""
+                    texts: list[str] | None = None, author_id: int = 99,
+                    guild_id: int | None = None) -> list[int]:
+    """Review candidates of `adapter` with these net scores (votes by users 1, 2, …),
+    asked in `guild_id` (None: the direct scope, the console's link's)."""
     if await db.get_adapter(adapter) is None:
-        await db.create_adapter(adapter, "tiny")
+        await db.create_adapter(adapter, "tiny", scope=guild_id or 0)
     ids = []
     for n, score in enumerate(scores):
         text = texts[n] if texts else f"Question {n}?"
         turn = await db.record_turn(channel_id=channel_id, author_id=author_id, question=text,
+                                    guild_id=guild_id,
                                     answer=f"The bot's answer {n}.", adapter_name=adapter,
                                     adapter_version=1, context=[{"role": "user",
                                                                  "content": "earlier"}])
@@ -387,10 +390,10 @@ def _decision_rows(rows) -> list[tuple]:
 
 async def test_web_decisions_change_the_database_as_the_discord_buttons_do(discord_bot, site):
     d = discord_bot
-    in_discord = await add_pairs(d.db, "discord", SCORES)
-    on_the_web = await add_pairs(d.db, "web", SCORES)
+    in_discord = await add_pairs(d.db, "discord", SCORES, guild_id=d.guild.id)
+    on_the_web = await add_pairs(d.db, "web", SCORES, guild_id=d.guild.id)
     s = await site()
-    await s.sign_in(admin_id=d.admin.id)
+    await s.sign_in(admin_id=d.admin.id, guild_id=d.guild.id)
     await _decide_in_discord(d, in_discord)
     await _decide_on_the_web(s, on_the_web)
 
@@ -413,7 +416,8 @@ async def test_web_decisions_change_the_database_as_the_discord_buttons_do(disco
 
 async def test_export_is_the_file_discord_attaches(discord_bot, site):
     d = discord_bot
-    ids = await add_pairs(d.db, "faq", [2, 2, 3], texts=["Où ?", "Why?", "Naïve « quotes »"])
+    ids = await add_pairs(d.db, "faq", [2, 2, 3], texts=["Où ?", "Why?", "Naïve « quotes »"],
+                          guild_id=d.guild.id)
     await d.db.decide_review(ids[0], "approved", reviewer_id=1, edited_answer="À Paris.")
     await d.db.decide_review(ids[2], "approved", reviewer_id=1)
     export = await d.fake.invoke_command("export", {"adapter": "faq"}, user_id=d.admin.id,
@@ -423,7 +427,7 @@ async def test_export_is_the_file_discord_attaches(discord_bot, site):
     from_discord = message.attachment("faq-approved.jsonl").data
 
     s = await site()
-    await s.sign_in()
+    await s.sign_in(guild_id=d.guild.id)
     response = await s.client.get("/review/approved/export.jsonl?adapter=faq")
     assert response.status == 200
     assert response.headers["Content-Disposition"] == 'attachment; filename="faq-approved.jsonl"'
@@ -743,3 +747,58 @@ def test_templates_and_scripts_ship_as_package_data():
     shipped = {path for pattern in patterns for path in root.glob(pattern)}
     needed = {*(root / "templates").iterdir(), *(root / "static").iterdir()}
     assert needed and needed <= shipped
+
+
+# --- servers kept apart ---------------------------------------------------------------------
+
+A_TEXT, B_TEXT = "Alpaca-Apricot", "Bison-Blueberry"
+
+
+async def test_every_page_and_action_shows_and_touches_only_the_admins_own_server(site, db,
+                                                                                  tmp_path):
+    """An admin signed in from server B sees B's pairs, versions, runs and log, and every
+    page or action naming server A's adapter, pair or run answers as if it did not exist
+    (404), with none of A's text in the answer; nothing of A changes."""
+    a_ids = await add_pairs(db, "alpha", [2, 2, 1], guild_id=1, channel_id=11,
+                            texts=[f"{A_TEXT} {n}?" for n in range(3)])
+    b_ids = await add_pairs(db, "bravo", [2, 1], guild_id=2, channel_id=22,
+                            texts=[f"{B_TEXT} {n}?" for n in range(2)])
+    await db.decide_review(a_ids[2], "approved", reviewer_id=1)
+    for adapter in ("alpha", "bravo"):
+        await db.add_version(adapter, path=f"{adapter}/v1", status="serving")
+        await db.add_version(adapter, path=f"{adapter}/v2")
+    a_run = await db.create_run("alpha")
+    await db.record_admin_action(1, "approve", f"pair {a_ids[2]}", {"q": A_TEXT}, guild_id=1)
+    s = await site()
+    await s.sign_in(admin_id=22, guild_id=2)
+
+    for page in ("/pending", "/approved", "/versions", "/runs", "/activity"):
+        html = await s.page(page)
+        assert A_TEXT not in html and "alpha" not in html, page
+    assert B_TEXT in await s.page("/pending") and "bravo" in await s.page("/versions")
+    exported = await s.client.get(MOUNT_PATH + "/approved/export.jsonl")
+    assert A_TEXT not in await exported.text()
+
+    before = await db._all("SELECT * FROM review ORDER BY turn_id")
+    gets = ["/pending?adapter=alpha", "/versions?adapter=alpha", "/versions/alpha/1",
+            "/versions/alpha/1/loss_curve.png", f"/runs/{a_run.id}/events",
+            "/approved/export.jsonl?adapter=alpha"]
+    for path in gets:
+        response = await s.client.get(MOUNT_PATH + path)
+        body = await response.text()
+        assert response.status == 404, (path, body)
+        assert A_TEXT not in body and str(a_run.id) + " " not in body, path
+    posts = [("/pairs/decide", {"ids": str(a_ids[0]), "status": "approved"}),
+             (f"/pairs/{a_ids[0]}/edit", {"edited_answer": "Mine now."}),
+             (f"/pairs/{a_ids[2]}/unapprove", {}),
+             ("/pairs/approve-at-least", {"min_score": "1", "adapter": "alpha"}),
+             ("/versions/alpha/2/serve", {}), ("/runs/start", {"adapter": "alpha"})]
+    for path, data in posts:
+        answer = await s.act(path, data, status=404)
+        assert A_TEXT not in json.dumps(answer), path
+    assert (await s.act("/runs/cancel", status=409))["error"]
+    assert await db._all("SELECT * FROM review ORDER BY turn_id") == before
+    assert (await db.serving_version("alpha")).version == 1
+    # B's own work goes on as before
+    await s.act("/pairs/decide", {"ids": str(b_ids[0]), "status": "approved"})
+    assert (await db.get_review(b_ids[0])).status == "approved"

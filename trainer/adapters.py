@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from settings import Config
-from storage import SyncStore, validate_adapter_name
+from storage import SyncStore, validate_adapter_key
 
 from .versions import read_meta
 
@@ -61,7 +61,7 @@ def parse_adapter_ref(text: str, *, allow_colon: bool = False) -> AdapterRef:
         syntax = "NAME[@VERSION]" + (" or NAME:VERSION" if allow_colon else "")
         raise AdapterRefError(f"adapter reference {text!r} is not {syntax} "
                               f"(for example 'support' or 'support@2')")
-    name = validate_adapter_name(match["name"])
+    name = validate_adapter_key(match["name"])
     version = int(match["version"]) if match["version"] is not None else None
     if version is not None and version < 1:
         raise AdapterRefError(f"adapter reference {text!r}: versions start at 1")

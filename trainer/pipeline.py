@@ -28,7 +28,7 @@ from typing import Any
 
 from settings import Config, layout
 from settings.layout import CHECKPOINT_FILE, EVENTS_FILE, LOG_FILE, RUN_FILE
-from storage import SyncStore, validate_adapter_name
+from storage import SyncStore, validate_adapter_key
 from storage.sync import now_text
 
 from . import modeling
@@ -132,7 +132,7 @@ def run_training(config: Config, request: TrainRequest, *,
                  on_event: Callable[[dict], None] | None = None,
                  progress: bool | None = None) -> TrainOutcome:
     """Train, write the version, record everything; raises on failure (run marked failed)."""
-    adapter = validate_adapter_name(request.adapter)  # before it names any path
+    adapter = validate_adapter_key(request.adapter)  # before it names any path
     world = World.from_environment()
     if not world.distributed:
         return _run(config, request, adapter, Handoff(world), on_event, progress)

@@ -14,7 +14,7 @@ from storage import StorageError
 
 from ..commands import Busy, Caller, Commands, Refused, Reply
 from ..engine import EngineError
-from ..permissions import is_admin
+from ..permissions import is_admin, is_owner
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,13 @@ def caller_of(interaction: discord.Interaction) -> Caller:
     config = interaction.client.config
     return Caller(user_id=interaction.user.id, channel_id=interaction.channel_id,
                   guild_id=interaction.guild_id, is_admin=is_admin(interaction, config.discord),
-                  name=str(interaction.user))
+                  name=str(interaction.user), is_owner=is_owner(interaction, config.discord))
 
 
 async def adapter_names(interaction: discord.Interaction,
                         current: str) -> list[app_commands.Choice[str]]:
-    names = await interaction.client.db.adapter_names()
+    """The adapters of this server (in DMs: of the direct scope) — never another's."""
+    names = await interaction.client.core.adapters.labels(caller_of(interaction))
     current = current.lower()
     return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
 

@@ -42,12 +42,12 @@ class Training(SlashCog):
     @admin_only()
     async def start(self, interaction: discord.Interaction, adapter: str | None = None) -> None:
         caller = caller_of(interaction)
-        adapter = await self.core.training.adapter_for(caller, adapter)  # refused in private
+        record = await self.core.training.adapter_for(caller, adapter)  # refused in private
         await interaction.response.defer(thinking=True)  # starting the child takes a moment
-        run = await self.core.training.start(caller, adapter)
+        run = await self.core.training.start(caller, record.label)
         # the run is followed to its end even if Discord refuses the progress message:
         # otherwise nobody drains its events and the service stays busy
-        task = asyncio.create_task(self.report(interaction, adapter, run.id))
+        task = asyncio.create_task(self.report(interaction, record.label, run.id))
         self.followers.add(task)
         task.add_done_callback(self.followers.discard)
 
@@ -80,12 +80,22 @@ class Training(SlashCog):
             log.info("run %d outlived its interaction token: its result goes to the channel",
                      run_id)
             message = None
-        channel = interaction.channel or self.bot.get_channel(
-            self.config.discord.admin_channel_id)
-        await self.finish(message, channel, outcome)
+        channel = interaction.channel
+        if channel is None:  # (not cached): the admin channel, if it is this server's
+            admin = self.bot.get_channel(self.config.discord.admin_channel_id)
+            channel = admin if self.in_server(admin, interaction.guild_id) else None
+        await self.finish(message, channel, outcome, interaction.guild_id)
+
+    @staticmethod
+    def in_server(channel, guild_id: int | None) -> bool:
+        """Whether `channel` lies in that server (guild_id None: a DM's — no server)."""
+        return channel is not None and getattr(getattr(channel, "guild", None), "id",
+                                               None) == guild_id
 
     async def finish(self, message: discord.WebhookMessage | None, channel,
-                     outcome: Outcome) -> None:
+                     outcome: Outcome, guild_id: int | None) -> None:
+        """The result where the run was asked for; the configured admin or announce channel
+        hears it too, when it lies in the same server (never in another one's)."""
         icon = {"succeeded": "✅" if outcome.promoted else "🟡", "cancelled": "⏹️"}.get(
             outcome.status, "❌")
         text = f"{icon} {outcome.summary()}"
@@ -97,6 +107,8 @@ class Training(SlashCog):
         target = (self.config.discord.announce_channel_id if outcome.promoted
                   else self.config.discord.admin_channel_id)
         announce = self.bot.get_channel(target) if target else None
+        if not self.in_server(announce, guild_id):
+            return
         if announce is not None and (channel is None or announce.id != channel.id):
             await announce.send(text)
 

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-ADMIN_HELP = "members with the Manage Server permission or an admin role from the bot's config"
+from storage import scope_of
+
+ADMIN_HELP = ("members with the Manage Server permission or an admin role from the bot's "
+              "config (in direct messages: the bot's owners)")
 
 
 class Refused(Exception):
@@ -33,13 +36,22 @@ class NotAdmin(Refused):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who runs an operation, and where: the face fills it in from its own input."""
+    """Who runs an operation, and where: the face fills it in from its own input.
+
+    Everything an operation reads or changes lies in the caller's scope — the guild the
+    command comes from, or the direct scope for DMs and the console — and `is_admin` is
+    the caller's right there (an owner is admin everywhere)."""
 
     user_id: int
     channel_id: int | None
     guild_id: int | None = None
     is_admin: bool = False
     name: str = ""  # shown in reasons that are stored ("rolled back by NAME (ID)")
+    is_owner: bool = False  # the application's owner or in `discord.owner_ids`
+
+    @property
+    def scope(self) -> int:
+        return scope_of(self.guild_id)
 
     @property
     def label(self) -> str:
@@ -87,7 +99,9 @@ def plain(text: str) -> str:
 
 
 def require_admin(caller: Caller, command: str) -> None:
-    if not caller.is_admin:
+    """The one rights check: an admin of the caller's scope (whose adapters and pairs are
+    the only ones an operation can reach), or an owner."""
+    if not (caller.is_admin or caller.is_owner):
         raise NotAdmin(command)
 
 

@@ -31,22 +31,22 @@ class DataCommands:
         self.db = services.db
 
     async def stats(self, caller: Caller) -> Reply:
-        stats = await self.db.stats()
+        """The counts of the caller's scope: this server's (in DMs: the direct scope's)."""
+        stats = await self.db.stats(caller.scope)
         reply = Reply(title="What the bot has learned from",
                       fields=[(label, str(stats[key])) for key, label in STAT_LABELS])
-        runs = await self.db.list_runs(limit=1)
+        runs = await self.db.list_runs(limit=1, scope=caller.scope)
         if runs:
             last = runs[0]
-            reply.fields.append(("last run", f"{last.adapter}: {last.status} "
+            reply.fields.append(("last run", f"{last.adapter_label}: {last.status} "
                                  f"({(last.finished_at or last.created_at)[:16]})"))
         return reply
 
     async def export(self, caller: Caller, adapter: str | None = None) -> Reply:
         """The approved pairs as JSONL: the same bytes as the web page's export."""
         require_admin(caller, "export")
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
-        pairs = await self.db.approved_pairs(adapter)
+        key = None if adapter is None else (await self.db.adapter_in(adapter, caller.scope)).name
+        pairs = await self.db.approved_pairs(key, scope=caller.scope)
         return Reply(f"{len(pairs)} approved pairs.",
                      attachment=Attachment(f"{adapter or 'all'}-approved.jsonl",
                                            pairs_jsonl(pairs)),

@@ -32,7 +32,7 @@ def review_card(item: ReviewItem, waiting: int) -> Reply:
         recent = "\n".join(f"{m['role']}: {clip(m['content'], 150)}" for m in turn.context[-4:])
         card.fields.append(("context (last turns)", clip(recent, 1024)))
     version = f" v{turn.adapter_version}" if turn.adapter_version else ""
-    card.fields.append(("adapter", f"{item.adapter_name or 'base model'}{version}"))
+    card.fields.append(("adapter", f"{item.adapter_label or 'base model'}{version}"))
     card.fields.append(("channel", channel_text(turn.channel_id)))
     if item.also_asked:
         card.fields.append(("also asked as", clip(" · ".join(item.also_asked), 1024)))
@@ -40,18 +40,32 @@ def review_card(item: ReviewItem, waiting: int) -> Reply:
 
 
 class ReviewCommands:
+    """Pairs are those of the caller's scope: a pair of another guild is "not a review
+    candidate", exactly like one that does not exist."""
+
     def __init__(self, services: Services):
         self.s = services
         self.db = services.db
+
+    async def key(self, caller: Caller, adapter: str | None) -> str | None:
+        """The key of the adapter the caller's scope calls `adapter` (None: all of them)."""
+        return None if adapter is None else (await self.db.adapter_in(adapter, caller.scope)).name
+
+    async def pair(self, caller: Caller, turn_id: int) -> ReviewItem:
+        """The review candidate `turn_id` of the caller's scope."""
+        item = await self.db.get_review(turn_id)
+        if item is None or item.scope != caller.scope:
+            raise Missing(f"#{turn_id} is not a review candidate; /review shows the next one")
+        return item
 
     async def next(self, caller: Caller, adapter: str | None = None,
                    skipped: Collection[int] = ()) -> tuple[ReviewItem | None, int]:
         """The oldest-best pending pair not in `skipped`, and how many are waiting."""
         require_admin(caller, "review")
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
-        waiting = await self.db.count_reviews("pending", adapter)
-        for item in await self.db.reviews("pending", adapter, limit=len(skipped) + 1):
+        key = await self.key(caller, adapter)
+        waiting = await self.db.count_reviews("pending", key, scope=caller.scope)
+        for item in await self.db.reviews("pending", key, limit=len(skipped) + 1,
+                                          scope=caller.scope):
             if item.turn.id not in skipped:
                 return item, waiting
         return None, waiting
@@ -64,6 +78,7 @@ class ReviewCommands:
         require_admin(caller, "review")
         if status not in STATUSES:
             raise ValueError(f"unknown decision {status!r}: use one of {', '.join(STATUSES)}")
+        await self.pair(caller, turn_id)
         item = await self.db.decide_review(turn_id, status, reviewer_id=caller.user_id,
                                            edited_answer=edited, also_asked=also_asked)
         log.info("pair %d %s by %d%s%s", turn_id, status, caller.user_id,
@@ -78,9 +93,7 @@ class ReviewCommands:
     async def also(self, caller: Caller, turn_id: int, question: str) -> Reply:
         """Approve the pair, keeping its answer, with `question` as one more way to ask it."""
         require_admin(caller, "review also")
-        item = await self.db.get_review(turn_id)
-        if item is None:
-            raise Missing(f"#{turn_id} is not a review candidate; /review shows the next one")
+        item = await self.pair(caller, turn_id)
         return await self.decide(caller, turn_id, "approved", edited=item.edited_answer,
                                  answer_kept=True,
                                  also_asked=[*item.also_asked, question])
@@ -89,9 +102,7 @@ class ReviewCommands:
         """Back to pending (an edited answer is kept): it trains nothing until approved
         again."""
         require_admin(caller, "review")
-        item = await self.db.get_review(turn_id)
-        if item is None:
-            raise Missing(f"#{turn_id} is not a review candidate")
+        item = await self.pair(caller, turn_id)
         if item.status != "approved":
             raise Conflict(f"#{turn_id} is {item.status}, not approved")
         await self.db.decide_review(turn_id, "pending", reviewer_id=caller.user_id,
@@ -101,9 +112,8 @@ class ReviewCommands:
     async def count_at_least(self, caller: Caller, min_score: int,
                              adapter: str | None = None) -> int:
         require_admin(caller, "review bulk")
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
-        return await self.db.count_pending_at_least(min_score, adapter)
+        return await self.db.count_pending_at_least(min_score, await self.key(caller, adapter),
+                                                    scope=caller.scope)
 
     @staticmethod
     def nothing_at_least(min_score: int) -> Reply:
@@ -112,9 +122,8 @@ class ReviewCommands:
     async def approve_at_least(self, caller: Caller, min_score: int,
                                adapter: str | None = None) -> Reply:
         require_admin(caller, "review bulk")
-        if adapter is not None:
-            await self.db.require_adapter(adapter)
-        approved = await self.db.approve_pending_at_least(min_score, reviewer_id=caller.user_id,
-                                                           adapter=adapter)
+        approved = await self.db.approve_pending_at_least(
+            min_score, reviewer_id=caller.user_id, adapter=await self.key(caller, adapter),
+            scope=caller.scope)
         return Reply(f"Approved {approved} pairs with a score of at least {min_score}.",
                      values={"approved": approved})

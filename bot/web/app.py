@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 
 from settings import Config
-from storage import Database, StorageError
+from storage import Adapter, Database, StorageError, UnknownAdapterError
 
 from ..commands import (
     Busy,
@@ -95,7 +95,8 @@ class ReviewSite:
                      **detail: Any) -> None:
         """The admin log: every action names the admin's Discord id."""
         admin = admin_of(request)
-        await self.db.record_admin_action(admin.id, action, target, detail or None)
+        await self.db.record_admin_action(admin.id, action, target, detail or None,
+                                          guild_id=admin.guild_id)
         log.info("web review: %s (%d) %s %s", admin.name, admin.id, action, target or "")
 
 
@@ -114,6 +115,22 @@ def caller_of(request: web.Request) -> Caller:
     admin = admin_of(request)
     return Caller(user_id=admin.id, channel_id=None, guild_id=admin.guild_id, is_admin=True,
                   name=admin.name)
+
+
+def scope_of_request(request: web.Request) -> int:
+    """The scope every page shows: the guild the admin signed in from (the console's
+    link: the direct scope). Another guild's pairs, adapters and runs never appear."""
+    return caller_of(request).scope
+
+
+async def adapter_here(request: web.Request, key: str) -> Adapter:
+    """The adapter with this key (what URLs and forms carry), if it is of the admin's
+    scope; else unknown, with the scope's own adapters as the known ones."""
+    db, scope = request.app[SITE].db, scope_of_request(request)
+    record = await db.get_adapter(key)
+    if record is None or record.guild_id != scope:
+        raise UnknownAdapterError(key, [a.label for a in await db.list_adapters(scope)])
+    return record
 
 
 # LookupError: storage's unknown adapter or version
@@ -141,20 +158,16 @@ def create_review_app(*, config: Config, db: Database, sessions: ReviewSessions,
     next request); `describe_channel` turns a channel id into its name; `check_admin`
     asks Discord whether a user is still an admin of a server (the bot's `still_admin`).
     """
-    from . import pairs, runs, versions  # the handlers import this module's helpers
+    from . import account, pairs, runs, versions  # the handlers import this module's helpers
 
     app = web.Application(middlewares=[security_headers, require_session])
     app[SITE] = ReviewSite(config, db, sessions, training, promote, describe_channel,
                            event_poll_s, check_admin)
     add = app.router
-    add.add_get("/", home, name="home")
-    add.add_get("/signin/{token}", sign_in_form, name="sign_in_form")
-    add.add_post("/signin/{token}", sign_in, name="sign_in")
-    add.add_post("/signout", sign_out, name="sign_out")
+    account.add_routes(add)
     pairs.add_routes(add)
     versions.add_routes(add)
     runs.add_routes(add)
-    add.add_get("/activity", activity_page, name="activity")
     add.add_static("/static", HERE / "static", name="static", append_version=True)
     app.on_cleanup.append(_stop_followers)
     return app
@@ -320,8 +333,9 @@ def safe_back(request: web.Request, candidate: Any, default: str) -> str:
 
 
 async def nav_counts(request: web.Request) -> dict[str, int]:
-    db = request.app[SITE].db
-    return {status: await db.count_reviews(status) for status in ("pending", "approved")}
+    db, scope = request.app[SITE].db, scope_of_request(request)
+    return {status: await db.count_reviews(status, scope=scope)
+            for status in ("pending", "approved")}
 
 
 def age_text(created_at: str | None, now: float | None = None) -> str:
@@ -337,51 +351,3 @@ def age_text(created_at: str | None, now: float | None = None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit} ago"
     return "just now"
-
-
-# --- sign-in, sign-out, the admin log ------------------------------------------------------
-
-async def home(request: web.Request) -> web.Response:
-    raise web.HTTPSeeOther(url(request, "pending"))
-
-
-async def sign_in_form(request: web.Request) -> web.Response:
-    """A page with one button: opening the link alone (a link preview) signs nobody in."""
-    return render(request, "sign_in.html", token=request.match_info["token"])
-
-
-async def sign_in(request: web.Request) -> web.Response:
-    site = request.app[SITE]
-    redeemed = site.sessions.redeem(request.match_info["token"])
-    if redeemed is None:
-        return render(request, "message.html", status=403, title="Link not valid",
-                      message="This sign-in link was already used or has expired. Run "
-                              "/review web in Discord for a new one.")
-    session_id, session = redeemed
-    request[SESSION] = session
-    await site.record(request, "sign_in")
-    response = web.HTTPSeeOther(url(request, "pending"))
-    response.set_cookie(COOKIE_NAME, session_id, max_age=int(site.sessions.session_ttl_s),
-                        path=url(request, "home"), httponly=True, samesite="Strict",
-                        secure=site.sessions.secure_cookies)
-    raise response
-
-
-async def sign_out(request: web.Request) -> web.Response:
-    site = request.app[SITE]
-    await site.record(request, "sign_out")
-    site.sessions.end(request.cookies.get(COOKIE_NAME))
-    if wants_json(request):
-        response = web.json_response({"signed_out": True})
-    else:
-        response = render(request, "message.html", title="Signed out",
-                          message="You are signed out. Run /review web in Discord to sign in "
-                                  "again.")
-    response.del_cookie(COOKIE_NAME, path=url(request, "home"))
-    return response
-
-
-async def activity_page(request: web.Request) -> web.Response:
-    actions = await request.app[SITE].db.admin_actions(limit=200)
-    return render(request, "activity.html", page="activity", nav=await nav_counts(request),
-                  actions=actions)

@@ -19,7 +19,19 @@ from multidict import MultiDictProxy
 from storage import BASE_ADAPTER, StorageError
 
 from ..commands import Refused
-from .app import SITE, caller_of, done, failure, nav_counts, refused, render, safe_back, url
+from .app import (
+    SITE,
+    adapter_here,
+    caller_of,
+    done,
+    failure,
+    nav_counts,
+    refused,
+    render,
+    safe_back,
+    scope_of_request,
+    url,
+)
 
 PAGE_SIZE = 100
 MAX_EDIT_CHARS = 16000
@@ -102,8 +114,8 @@ def word_diff(old: str, new: str) -> list[tuple[str, str]]:
 
 
 async def review_counts(request: web.Request) -> dict[str, int]:
-    db = request.app[SITE].db
-    return {status: await db.count_reviews(status)
+    db, scope = request.app[SITE].db, scope_of_request(request)
+    return {status: await db.count_reviews(status, scope=scope)
             for status in ("pending", "approved", "rejected")}
 
 
@@ -114,13 +126,19 @@ async def _listing(request: web.Request, status: str, sorts: dict[str, str],
         chosen = PairFilter.from_query(request.query, sorts)
     except ValueError as exc:
         return failure(request, 400, str(exc))
+    scope = scope_of_request(request)
+    if chosen.adapter not in (None, BASE_ADAPTER):
+        try:
+            await adapter_here(request, chosen.adapter)
+        except StorageError as exc:
+            return refused(request, exc)
     items = await site.db.search_reviews(status, **chosen.search(), sort=chosen.sort,
-                                         limit=PAGE_SIZE, offset=chosen.offset)
-    total = await site.db.count_search_reviews(status, **chosen.search())
+                                         limit=PAGE_SIZE, offset=chosen.offset, scope=scope)
+    total = await site.db.count_search_reviews(status, **chosen.search(), scope=scope)
     return render(request, template, page=status, nav=await nav_counts(request), items=items,
                   total=total, filter=chosen, sorts=sorts, page_size=PAGE_SIZE,
-                  adapters=await site.db.adapter_names(), base_adapter=BASE_ADAPTER,
-                  channels=await site.db.review_channels(status), word_diff=word_diff,
+                  adapters=await site.db.list_adapters(scope), base_adapter=BASE_ADAPTER,
+                  channels=await site.db.review_channels(status, scope), word_diff=word_diff,
                   **extra)
 
 
@@ -130,8 +148,12 @@ async def pending_page(request: web.Request) -> web.Response:
 
 
 async def approved_page(request: web.Request) -> web.Response:
-    counts = await request.app[SITE].db.review_counts()
-    rows = sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+    db, scope = request.app[SITE].db, scope_of_request(request)
+    labels = {a.name: a.label for a in await db.list_adapters(scope)}
+    counts = await db.review_counts(scope)
+    # (key, label, counts); a pair whose adapter is gone counts as the base model's
+    rows = sorted(((key, labels.get(key), row) for key, row in counts.items()),
+                  key=lambda r: (r[1] is None, r[1] or ""))
     return await _listing(request, "approved", APPROVED_SORTS, "approved.html",
                           counts=rows)
 
@@ -150,7 +172,7 @@ async def _pending_items(request: web.Request, ids: list[int]) -> web.Response |
     db = request.app[SITE].db
     for turn_id in ids:
         item = await db.get_review(turn_id)
-        if item is None:
+        if item is None or item.scope != scope_of_request(request):
             return failure(request, 404, f"pair {turn_id} is not a review candidate (it was "
                            f"withdrawn or deleted); reload the page")
         if item.status != "pending":
@@ -224,8 +246,8 @@ async def approve_at_least(request: web.Request) -> web.Response:
         return failure(request, 400, "approval by score works for one adapter or for all; "
                        "choose an adapter or 'all adapters'")
     try:
-        result = await site.core.review.approve_at_least(caller_of(request), min_score,
-                                                         str(adapter) if adapter else None)
+        label = (await adapter_here(request, str(adapter))).label if adapter else None
+        result = await site.core.review.approve_at_least(caller_of(request), min_score, label)
     except StorageError as exc:
         return refused(request, exc)
     approved = result.values["approved"]
@@ -255,7 +277,8 @@ async def export(request: web.Request) -> web.Response:
     site = request.app[SITE]
     adapter = request.query.get("adapter") or None
     try:
-        answer = await site.core.data.export(caller_of(request), adapter)
+        label = (await adapter_here(request, adapter)).label if adapter else None
+        answer = await site.core.data.export(caller_of(request), label)
     except StorageError as exc:
         return refused(request, exc)
     exported = answer.attachment

@@ -20,18 +20,20 @@ from aiohttp import web
 
 from settings import Config, layout
 from settings.layout import EVENTS_FILE
-from storage import StorageError, TrainingRun
+from storage import StorageError, TrainingRun, UnknownAdapterError
 
 from .app import (
     EXPECTED,
     SECURITY_HEADERS,
     SITE,
+    adapter_here,
     caller_of,
     done,
     failure,
     nav_counts,
     refused,
     render,
+    scope_of_request,
     session_lasts,
     url,
 )
@@ -97,27 +99,29 @@ def read_events(path: Path, skip_lines: int = 0) -> tuple[list[tuple[int, dict]]
 
 async def runs_page(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    runs = await site.db.list_runs(limit=30)
-    active = site.training.active if site.training is not None else None
+    scope = scope_of_request(request)
+    runs = await site.db.list_runs(limit=30, scope=scope)
+    active = site.core.training.active_here(caller_of(request))  # (another server's: unseen)
     watch = request.query.get("run", "")
     watched = int(watch) if watch.isdigit() else (
         active.run.id if active is not None else (runs[0].id if runs else None))
     return render(request, "runs.html", page="runs", nav=await nav_counts(request), runs=runs,
-                  active=active, watched=watched, adapters=await site.db.adapter_names(),
+                  active=active, watched=watched, adapters=await site.db.list_adapters(scope),
                   training_available=site.training is not None)
 
 
 async def start_run(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    if site.training is None:
-        return failure(request, 503, "training cannot be started from this page here: the "
-                       "site runs without the bot's training service")
     form = await request.post()
     adapter = form.get("adapter")
     if not isinstance(adapter, str) or not adapter:
         return failure(request, 400, "choose the adapter to train")
     try:
-        run = await site.core.training.start(caller_of(request), adapter)
+        label = (await adapter_here(request, adapter)).label
+        if site.training is None:
+            return failure(request, 503, "training cannot be started from this page here: "
+                           "the site runs without the bot's training service")
+        run = await site.core.training.start(caller_of(request), label)
     except EXPECTED as exc:
         return refused(request, exc)
     # someone must read the run's events to its end, or the service stays busy
@@ -140,9 +144,9 @@ async def _follow(site, run_id: int) -> None:
 
 async def cancel_run(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    active = site.training.active if site.training is not None else None
+    active = site.core.training.active_here(caller_of(request))
     if active is None:
-        return failure(request, 409, "no training run is going on")
+        return failure(request, 409, "no training run of yours is going on")
     run_id = active.run.id
     await site.record(request, "train_cancel", f"run {run_id}")
     await site.core.training.cancel(caller_of(request))
@@ -156,8 +160,10 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     run_id = int(request.match_info["run_id"])
     try:
         run = await site.db.get_run(run_id)
+        await adapter_here(request, run.adapter)  # another server's run is no run here
     except StorageError as exc:
-        return failure(request, 404, str(exc))
+        return failure(request, 404, f"no training run {run_id}" if isinstance(
+            exc, UnknownAdapterError) else str(exc))
     last_id = request.headers.get("Last-Event-ID", "")
     tail = EventTail(run_events_path(site.config, run),
                      int(last_id) if last_id.isdigit() else 0)

@@ -21,7 +21,19 @@ from settings.layout import CURVE_FILE, META_FILE
 from storage import AdapterVersion, StorageError
 
 from ..routing import confined_adapter_path
-from .app import EXPECTED, SITE, caller_of, done, failure, nav_counts, refused, render, url
+from .app import (
+    EXPECTED,
+    SITE,
+    adapter_here,
+    caller_of,
+    done,
+    failure,
+    nav_counts,
+    refused,
+    render,
+    scope_of_request,
+    url,
+)
 from .runs import read_events, run_events_path
 
 SHOWN_HYPERPARAMETERS = ("method", "epochs", "learning_rate", "batch_size", "lora_r",
@@ -97,15 +109,15 @@ async def _gate_event(site, run_id: int) -> dict[str, Any]:
 
 async def versions_page(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    adapters = await site.db.list_adapters()
+    adapters = await site.db.list_adapters(scope_of_request(request))
     chosen = request.query.get("adapter") or (adapters[0].name if adapters else None)
     reports: list[VersionReport] = []
     serving = None
     channels: list[int] = []
     if chosen is not None:
         try:
+            await adapter_here(request, chosen)
             records = await site.db.versions(chosen)
-            await site.db.require_adapter(chosen)
         except StorageError as exc:
             return failure(request, 404, str(exc))
         reports = [await report(site, r) for r in reversed(records)]
@@ -120,6 +132,7 @@ async def version_page(request: web.Request) -> web.Response:
     site = request.app[SITE]
     adapter, number = request.match_info["adapter"], int(request.match_info["version"])
     try:
+        await adapter_here(request, adapter)
         record = await site.db.get_version(adapter, number)
         pairs = await site.db.version_pairs(adapter, number)
     except StorageError as exc:
@@ -133,6 +146,7 @@ async def version_page(request: web.Request) -> web.Response:
 async def loss_curve(request: web.Request) -> web.StreamResponse:
     site = request.app[SITE]
     try:
+        await adapter_here(request, request.match_info["adapter"])
         record = await site.db.get_version(request.match_info["adapter"],
                                            int(request.match_info["version"]))
     except StorageError as exc:
@@ -149,7 +163,8 @@ async def serve(request: web.Request) -> web.Response:
     site = request.app[SITE]
     adapter, number = request.match_info["adapter"], int(request.match_info["version"])
     try:
-        served = await site.core.adapters.serve(caller_of(request), adapter, number,
+        label = (await adapter_here(request, adapter)).label
+        served = await site.core.adapters.serve(caller_of(request), label, number,
                                                 where=" on the web review page")
     except EXPECTED as exc:
         return refused(request, exc)
