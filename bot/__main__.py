@@ -118,6 +118,7 @@ async def run_console(config: Config) -> int:
     from .console import ConsoleChat
     from .remote_engine import create_engine
     from .routing import Router
+    from .training import TrainingService
 
     heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
     try:
@@ -125,7 +126,8 @@ async def run_console(config: Config) -> int:
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
             router = Router(config, db)
             engine, server = with_http_server(config, create_engine(config, router), db, router)
-            chat = ConsoleChat(config, engine, db)
+            chat = ConsoleChat(config, engine, db,
+                               training=TrainingService(config, db, engine))  # one per process
             sessions = (mount_review_site(config, server, db, engine, training=chat.training)
                         if server is not None else None)
             await engine.start()
@@ -150,6 +152,7 @@ async def run_discord(config: Config, token: str) -> int:
     from .remote_engine import create_engine
     from .routing import Router
     from .scheduler import NightlyTraining
+    from .training import TrainingService
 
     heartbeat = asyncio.create_task(_heartbeat(config.data_dir / HEARTBEAT_FILE))
     try:
@@ -157,7 +160,8 @@ async def run_discord(config: Config, token: str) -> int:
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
             router = Router(config, db)
             engine, server = with_http_server(config, create_engine(config, router), db, router)
-            bot = ChannelBot(config, db, engine, router)
+            training = TrainingService(config, db, engine)  # one per process
+            bot = ChannelBot(config, db, engine, router, training)
             if server is not None:
                 bot.review_sessions = mount_review_site(
                     config, server, db, engine, training=bot.training,
@@ -184,6 +188,7 @@ async def run_discord(config: Config, token: str) -> int:
                 return 1
             finally:
                 await nightly.close()  # a catch-up run still going is cancelled
+                await bot.training.close()
                 await bot.close()
                 if server is not None:
                     await server.close()

@@ -80,7 +80,8 @@ def pair_id(text: str) -> int:
 
 class ConsoleChat:
     def __init__(self, config: Config, engine: GenerationEngine, db: Database,
-                 stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout):
+                 stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+                 training: TrainingService | None = None):
         self.config, self.engine, self.db = config, engine, db
         self.stdin, self.stdout = stdin, stdout
         self.interactive = stdin.isatty()
@@ -88,7 +89,7 @@ class ConsoleChat:
         self.last_turn: int | None = None
         self.shown_review: int | None = None
         self.served: tuple[str | None, int | None] = (None, None)  # who answered last
-        self.training = TrainingService(config, engine=engine, db=db)
+        self.training = training or TrainingService(config, engine=engine, db=db)
         self.core = Commands(Services(config=config, db=db, training=self.training,
                                       promote=engine.promote))
         # the console is one channel whose single user is its admin
@@ -112,6 +113,12 @@ class ConsoleChat:
 
     async def run(self) -> int:
         await self.training.recover()
+        try:
+            return await self._loop()
+        finally:
+            await self.training.close()
+
+    async def _loop(self) -> int:
         if self.interactive:
             self.say("Console chat. /help lists the commands, /quit leaves.")
         while True:

@@ -44,14 +44,17 @@ def intents() -> discord.Intents:
 
 
 class ChannelBot(commands.Bot):
-    def __init__(self, config: Config, db: Database, engine: GenerationEngine, router: Router):
+    def __init__(self, config: Config, db: Database, engine: GenerationEngine, router: Router,
+                 training: TrainingService | None = None):
+        """`training`: the process's one training service (`python -m bot` builds it
+        beside the engine and the database; tests may let the client make its own)."""
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(),
                          allowed_mentions=SAFE_MENTIONS, help_command=None)
         self.config = config
         self.db = db
         self.engine = engine
         self.router = router
-        self.training = TrainingService(config, db, engine)
+        self.training = training or TrainingService(config, db, engine)
         # the operations every cog calls (the console and the web page hold their own)
         self.core = Commands(Services(config=config, db=db, training=self.training,
                                       promote=engine.promote))

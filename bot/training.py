@@ -104,12 +104,19 @@ class ActiveRun:
 
 
 class TrainingService:
+    watch_every_s = 2.0  # how often a surviving child from before a restart is looked at
+
     def __init__(self, config: Config, db: Database, engine: GenerationEngine):
         self.config = config
         self.db = db
         self.engine = engine
         self.active: ActiveRun | None = None
         self._lock = asyncio.Lock()
+        # the run's one follower, started with it: drains the child's events, releases the
+        # lock, records the end; callers of `follow` only subscribe to it
+        self._follower: asyncio.Task[Outcome] | None = None
+        self._handlers: list[EventHandler] = []
+        self._watcher: asyncio.Task[None] | None = None  # a survivor found by `recover`
 
     def command(self, adapter: str, run_id: int, trigger: str, config_path: Path) -> list[str]:
         return [sys.executable, "-m", "trainer", "train", "--from-db", "--adapter", adapter,
@@ -152,6 +159,10 @@ class TrainingService:
                             "it with: sqlite3 %s 'DELETE FROM training_lock'", lock["pid"],
                             lock["host"], lock["run_id"], self.config.database_path)
         held = await self.db.training_lock()
+        if held is not None and held["host"] == socket.gethostname() and held["run_id"]:
+            # a child that outlived the bot before it: when it exits, its lock goes
+            self._watcher = asyncio.create_task(self._watch_survivor(held["pid"],
+                                                                     held["run_id"]))
         for run in await self.db.runs_left_running():
             if held is not None and held["run_id"] == run.id:
                 continue  # still running elsewhere
@@ -183,6 +194,8 @@ class TrainingService:
             except BaseException:
                 await self.db.release_training_lock()
                 raise
+            self._handlers = []
+            self._follower = asyncio.create_task(self._follow(), name=f"training-run-{run.id}")
             return run
 
     async def _spawn(self, adapter: str, run: TrainingRun, trigger: str) -> None:
@@ -201,10 +214,23 @@ class TrainingService:
         log.info("training %s: run %d started as process %d", adapter, run.id, process.pid)
 
     async def follow(self, on_event: EventHandler | None = None) -> Outcome:
+        """Subscribe to the last started run's events (from now on) and wait for its
+        outcome; the run is followed to its end whether anyone subscribes or not."""
+        follower = self._follower
+        if follower is None:
+            raise RuntimeError("no training run was started")
+        if on_event is not None and not follower.done():
+            self._handlers.append(on_event)
+        try:
+            return await asyncio.shield(follower)  # a subscriber leaving stops nothing
+        finally:
+            if on_event in self._handlers:
+                self._handlers.remove(on_event)
+
+    async def _follow(self) -> Outcome:
         """Relay the active run's events until it ends; then hot-load what it promoted."""
         active = self.active
-        if active is None:
-            raise RuntimeError("no training run is active")
+        assert active is not None
         done: dict[str, Any] = {}
         gate: dict[str, Any] = {}
         error: str | None = None
@@ -223,9 +249,9 @@ class TrainingService:
                     gate = event
                 elif kind == "error":
                     error = event.get("message")
-                if on_event is not None:
+                for handler in list(self._handlers):
                     try:
-                        await on_event(event)
+                        await handler(event)
                     except Exception:
                         log.exception("a training progress handler failed")
             code = await active.process.wait()
@@ -251,6 +277,28 @@ class TrainingService:
                                       reason=outcome.reason or "promoted by the gate")
         log.info("training run %d ended: %s", run.id, outcome.summary())
         return outcome
+
+    async def _watch_survivor(self, pid: int, run_id: int) -> None:
+        """Wait for a training child this bot did not start to exit; then release its
+        lock and, if it could not record its end, record the run as failed."""
+        while _holds(pid, run_id):
+            await asyncio.sleep(self.watch_every_s)
+        await self.db.release_training_lock(run_id)
+        run = await self.db.get_run(run_id)
+        if run.status in ("running", "queued"):
+            await self.db.update_run(run_id, status="failed", finished_at=_now(),
+                                     error="the training process ended without recording "
+                                           "its result; start the run again")
+        log.info("training run %d (process %d, started before this bot) ended: %s", run_id,
+                 pid, (await self.db.get_run(run_id)).status)
+
+    async def close(self) -> None:
+        """Stop watching (at shutdown); a child keeps running, its lock with it."""
+        for task in (self._watcher,):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def cancel(self) -> bool:
         """Stop the active run cleanly (the trainer turns SIGTERM into a cancelled run)."""

@@ -79,9 +79,15 @@ async def test_killed_child_fails_the_run_releases_the_lock_and_keeps_serving(se
     assert (await db.serving_version("faq")).version == 1
     assert [v.version for v in await db.versions("faq")] == [1]  # nothing half-written
 
+    # nobody follows this one: the service does, to its end, and releases the lock
     again = TrainingService(config(epochs=1), db, engine=RecordingEngine())
     second = await again.start("faq")
-    result = await asyncio.wait_for(again.follow(), 120)
+    for _ in range(1200):
+        if await db.training_lock() is None:
+            break
+        await asyncio.sleep(0.1)
+    assert await db.training_lock() is None and again.active is None
+    result = await asyncio.wait_for(again.follow(), 5)  # a late subscriber: its outcome
     assert result.status == "succeeded" and result.version == 2, result
     assert again.engine.promoted == ([("faq", 2)] if result.promoted else [])
     assert (await db.get_run(second.id)).status == "succeeded"
@@ -162,9 +168,22 @@ async def test_a_lock_held_by_a_live_trainer_is_kept(setup):
         await db.update_run(run.id, status="running", pid=child.pid)
         assert await db.acquire_training_lock(run.id, child.pid, socket.gethostname()) is None
         service = TrainingService(config(epochs=1), db, engine=RecordingEngine())
+        service.watch_every_s = 0.1
         await service.recover()
         assert (await db.training_lock())["run_id"] == run.id
         assert (await db.get_run(run.id)).status == "running"
+        # the restarted bot watches it: once it exits, the lock goes within seconds
+        await asyncio.sleep(0.5)
+        assert (await db.training_lock())["run_id"] == run.id  # held while it lives
+        child.kill()
+        child.wait()
+        for _ in range(50):
+            if await db.training_lock() is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await db.training_lock() is None
+        assert (await db.get_run(run.id)).status == "failed"  # it could not record its end
+        await service.close()
     finally:
         child.kill()
         child.wait()
