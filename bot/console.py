@@ -80,7 +80,7 @@ def pair_id(text: str) -> int:
 
 class ConsoleChat:
     def __init__(self, config: Config, engine: GenerationEngine, db: Database,
-                 stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+                 stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, *,
                  training: TrainingService | None = None):
         self.config, self.engine, self.db = config, engine, db
         self.stdin, self.stdout = stdin, stdout

@@ -314,7 +314,7 @@ async def test_console_run_answers_through_the_server(tmp_path, vllm, monkeypatc
     monkeypatch.setenv("TEST_VLLM_KEY", API_KEY)
     out = io.StringIO()
     monkeypatch.setattr(ConsoleChat.__init__, "__defaults__",
-                        (io.StringIO("What is the capital of France?\n"), out, None))
+                        (io.StringIO("What is the capital of France?\n"), out))
     assert await run_console(remote_config(tmp_path, vllm.url)) == 0
     assert "Paris is the answer from base-model" in out.getvalue()
     assert vllm.chats[0]["model"] == BASE
