@@ -294,11 +294,10 @@ class TrainingService:
 
     async def close(self) -> None:
         """Stop watching (at shutdown); a child keeps running, its lock with it."""
-        for task in (self._watcher,):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
 
     async def cancel(self) -> bool:
         """Stop the active run cleanly (the trainer turns SIGTERM into a cancelled run)."""

@@ -45,8 +45,8 @@ class DataCommands:
     async def export(self, caller: Caller, adapter: str | None = None) -> Reply:
         """The approved pairs as JSONL: the same bytes as the web page's export."""
         require_admin(caller, "export")
-        key = None if adapter is None else (await self.db.adapter_in(adapter, caller.scope)).name
-        pairs = await self.db.approved_pairs(key, scope=caller.scope)
+        pairs = await self.db.approved_pairs(await self.s.key_of(caller.scope, adapter),
+                                             scope=caller.scope)
         return Reply(f"{len(pairs)} approved pairs.",
                      attachment=Attachment(f"{adapter or 'all'}-approved.jsonl",
                                            pairs_jsonl(pairs)),

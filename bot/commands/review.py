@@ -49,7 +49,7 @@ class ReviewCommands:
 
     async def key(self, caller: Caller, adapter: str | None) -> str | None:
         """The key of the adapter the caller's scope calls `adapter` (None: all of them)."""
-        return None if adapter is None else (await self.db.adapter_in(adapter, caller.scope)).name
+        return await self.s.key_of(caller.scope, adapter)
 
     async def pair(self, caller: Caller, turn_id: int) -> ReviewItem:
         """The review candidate `turn_id` of the caller's scope."""

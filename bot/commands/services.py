@@ -23,6 +23,11 @@ class Services:
     training: TrainingService | None = None  # None: runs can be listed, not started
     promote: Promote | None = None  # None: only storage changes; the engine loads it later
 
+    async def key_of(self, scope: int, adapter: str | None) -> str | None:
+        """The key of the adapter that `scope` calls `adapter` (None: no adapter named);
+        unknown there when it is another scope's."""
+        return None if adapter is None else (await self.db.adapter_in(adapter, scope)).name
+
     async def serve(self, adapter: str, version: int, *, reason: str) -> None:
         """Make `version` the serving one: through the engine when there is one (requests
         in flight finish on their version), else in storage alone."""
