@@ -281,9 +281,10 @@ class Database:
 
     # --- training runs --------------------------------------------------------------
     async def create_run(self, adapter: str, *, trigger: str = "manual",
-                         requested_by: int | None = None) -> TrainingRun:
+                         requested_by: int | None = None,
+                         channel_id: int | None = None) -> TrainingRun:
         return await self._run(runs.create_run, adapter, trigger=trigger,
-                               requested_by=requested_by)
+                               requested_by=requested_by, channel_id=channel_id)
 
     async def update_run(self, run_id: int, **fields: Any) -> TrainingRun:
         return await self._run(runs.update_run, run_id, **fields)

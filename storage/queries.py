@@ -32,7 +32,8 @@ UPDATE adapter_versions SET status = 'retired' WHERE adapter_id = ? AND status =
 SET_VERSION_REASON = """
 UPDATE adapter_versions SET reason = ? WHERE adapter_id = ? AND version = ?"""
 MAKE_SERVING = """
-UPDATE adapter_versions SET status = 'serving', reason = COALESCE(?, reason)
+UPDATE adapter_versions SET status = 'serving', reason = COALESCE(?, reason),
+    scale = COALESCE(?, scale)
 WHERE adapter_id = ? AND version = ?"""
 
 # --- channel and guild bindings -----------------------------------------------------
@@ -133,7 +134,8 @@ _RUN_COLUMNS = """
 SELECT r.*, a.name AS adapter, a.label AS adapter_label, a.guild_id AS adapter_guild
 FROM training_runs r JOIN adapters a ON a.id = r.adapter_id"""
 INSERT_RUN = """
-INSERT INTO training_runs (adapter_id, status, trigger, requested_by) VALUES (?, 'queued', ?, ?)"""
+INSERT INTO training_runs (adapter_id, status, trigger, requested_by, channel_id)
+VALUES (?, 'queued', ?, ?, ?)"""
 SELECT_RUN = _RUN_COLUMNS + " WHERE r.id = ?"
 LIST_RUNS = _RUN_COLUMNS + """
 WHERE (? IS NULL OR a.name = ?) AND (? IS NULL OR a.guild_id = ?) ORDER BY r.id DESC LIMIT ?"""

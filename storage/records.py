@@ -192,6 +192,7 @@ class TrainingRun:
     finished_at: str | None
     adapter_label: str = ""  # the adapter's name as people see it
     adapter_guild: int = DIRECT_SCOPE  # its scope
+    channel_id: int | None = None  # where it was asked for (None: schedule, CLI, console)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TrainingRun:
@@ -199,4 +200,4 @@ class TrainingRun:
                    row["requested_by"], row["pid"], row["version"], _json(row["metrics"], {}),
                    row["error"], row["log_path"], row["created_at"], row["started_at"],
                    row["finished_at"], row["adapter_label"] or row["adapter"],
-                   row["adapter_guild"])
+                   row["adapter_guild"], row["channel_id"])

@@ -64,10 +64,10 @@ class SyncStore:
     def next_version_number(self, adapter: str) -> int:
         return adapters.next_version_number(self.conn, adapter)
 
-    def set_serving(self, adapter: str, version: int,
-                    reason: str | None = None) -> AdapterVersion:
+    def set_serving(self, adapter: str, version: int, reason: str | None = None,
+                    scale: float | None = None) -> AdapterVersion:
         """Promote (or roll back to) `version`; the one serving before is retired."""
-        return adapters.set_serving(self.conn, adapter, version, reason)
+        return adapters.set_serving(self.conn, adapter, version, reason, scale)
 
     def set_version_reason(self, adapter: str, version: int, reason: str) -> None:
         adapters.set_version_reason(self.conn, adapter, version, reason)
@@ -85,6 +85,10 @@ class SyncStore:
     def create_run(self, adapter: str, *, trigger: str = "cli",
                    requested_by: int | None = None) -> TrainingRun:
         return runs.create_run(self.conn, adapter, trigger=trigger, requested_by=requested_by)
+
+    def release_training_lock(self, run_id: int) -> None:
+        """The trainer on its way out: its run's lock goes with it."""
+        runs.release_training_lock(self.conn, run_id)
 
     def get_run(self, run_id: int) -> TrainingRun:
         return runs.get_run(self.conn, run_id, hint=RUNS_HINT)

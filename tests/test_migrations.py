@@ -110,6 +110,7 @@ ADDED_COLUMNS: dict[int, dict[tuple[str, str], tuple[dict[int, Any], Any]]] = {
     7: {("adapters", "guild_id"): ({1: 10, 2: 10}, 0),
         ("adapters", "label"): ({1: "faq", 2: "faq-fr"}, ""),
         ("admin_actions", "guild_id"): ({1: 10}, None)},
+    8: {("training_runs", "channel_id"): ({2: 20}, None)},
 }
 # What a migration sets in the rows it finds (not a default): {migration: {(table,
 # column): {id or turn_id: value}}}. 0007 places each adapter in its channels' guild, and

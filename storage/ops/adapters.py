@@ -145,13 +145,14 @@ def next_version_number(conn: sqlite3.Connection, adapter: str) -> int:
 
 
 def set_serving(conn: sqlite3.Connection, adapter: str, version: int,
-                reason: str | None = None) -> AdapterVersion:
-    """Promote (or roll back to) `version`; the one serving before is retired."""
+                reason: str | None = None, scale: float | None = None) -> AdapterVersion:
+    """Promote (or roll back to) `version`; the one serving before is retired. `scale`:
+    the adapter scale it serves at from now on (None: the one stored with it)."""
     record = require_adapter(conn, adapter)
     get_version(conn, adapter, version)  # clear error for an unknown version
     with write_transaction(conn):
         conn.execute(q.RETIRE_SERVING, (record.id,))
-        conn.execute(q.MAKE_SERVING, (reason, record.id, version))
+        conn.execute(q.MAKE_SERVING, (reason, scale, record.id, version))
     return get_version(conn, adapter, version)
 
 

@@ -15,10 +15,11 @@ from .adapters import get_version, require_adapter
 
 
 def create_run(conn: sqlite3.Connection, adapter: str, *, trigger: str = "manual",
-               requested_by: int | None = None) -> TrainingRun:
+               requested_by: int | None = None, channel_id: int | None = None) -> TrainingRun:
     record = require_adapter(conn, adapter)
     with write_transaction(conn):
-        run_id = conn.execute(q.INSERT_RUN, (record.id, trigger, requested_by)).lastrowid
+        run_id = conn.execute(q.INSERT_RUN, (record.id, trigger, requested_by,
+                                             channel_id)).lastrowid
     return get_run(conn, run_id)
 
 
