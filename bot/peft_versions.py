@@ -20,7 +20,8 @@ def load_version(model: Any, route: Route) -> Any:
     """`model` with the version of `route` loaded as the adapter `route.key` (a PeftModel
     from the first load on); raises AdapterLoadError and leaves `model` as it was."""
     from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
+
+    from trainer.adapters import set_adapter_scale
 
     try:
         # PEFT injects the LoRA layers before it reads the weights: unreadable files
@@ -46,10 +47,7 @@ def load_version(model: Any, route: Route) -> Any:
         raise AdapterLoadError(f"adapter {route.adapter} v{route.version} at {route.path} "
                                f"could not be loaded ({exc}); roll back with "
                                f"/adapter rollback {route.adapter}") from exc
-    if route.scale != 1.0:
-        for module in model.modules():
-            if isinstance(module, LoraLayer) and route.key in module.scaling:
-                module.set_scale(route.key, route.scale)
+    set_adapter_scale(model, route.key, route.scale)
     model.eval()
     return model
 

@@ -40,6 +40,7 @@ import aiohttp
 from settings import Config
 from settings.logs import register_secret
 from storage import BASE_ADAPTER
+from trainer.adapters import scaled_copy
 
 from .batching import END, Job
 from .engine_base import EngineBase, GenerationEngine
@@ -54,7 +55,7 @@ from .routing import Route, Router
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4  # a rough count for trimming: the tokenizer lives on the server
-_VERSION_NAME = re.compile(r"^(?P<adapter>.+)__v(?P<version>\d+)$")
+_VERSION_NAME = re.compile(r"^(?P<adapter>.+)__v(?P<version>\d+)(?:__s(?P<scale>[\dp]+))?$")
 
 
 class RemoteEngineError(EngineError):
@@ -121,7 +122,9 @@ class RemoteEngine(EngineBase):
             match = _VERSION_NAME.match(name)
             if match:
                 with self.slots.lock:
-                    self.slots.loaded[name] = Route(match["adapter"], int(match["version"]))
+                    scale = float(match["scale"].replace("p", ".")) if match["scale"] else 1.0
+                    self.slots.loaded[name] = Route(match["adapter"], int(match["version"]),
+                                                    scale=scale)
         self._ready = True
         log.info("generating on %s (model %s, %d adapter versions already registered)",
                  self.base_url, self.model_name, len(self.slots.loaded))
@@ -265,7 +268,11 @@ class RemoteEngine(EngineBase):
     async def _load(self, route: Route) -> None:
         started = time.perf_counter()
         url = f"{self.base_url}/load_lora_adapter"
-        body = {"lora_name": route.key, "lora_path": self.server_path(route.path)}
+        # the server has no per-adapter scale: a version served below 1 is registered from
+        # a scaled copy of its directory (written once beside it; its own files stay final)
+        path = route.path if route.scale == 1.0 else await asyncio.to_thread(
+            scaled_copy, route.path, route.scale)
+        body = {"lora_name": route.key, "lora_path": self.server_path(path)}
         try:
             async with self._session.post(url, json=body) as response:
                 text = await _excerpt(response)

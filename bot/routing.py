@@ -31,10 +31,13 @@ class Route:
 
     @property
     def key(self) -> str:
-        """The PEFT adapter name of this version, or PEFT's name for the base model."""
+        """The PEFT adapter name of this version at its scale (`faq__v3`, `faq__v3__s0p5`),
+        or PEFT's name for the base model. A version served at another scale is another
+        loaded copy, so a cached one is never served at a scale its row no longer says."""
         if self.version is None or self.adapter is None:
             return BASE_ADAPTER
-        return f"{self.adapter}__v{self.version}"
+        key = f"{self.adapter}__v{self.version}"
+        return key if self.scale == 1.0 else f"{key}__s{self.scale:g}".replace(".", "p")
 
 
 def confined_adapter_path(adapters_dir: Path, stored: str) -> Path:

@@ -6,6 +6,8 @@ trainer both read or write, named once. A change of layout is a change here.
       models/                          model.cache_dir (the converted default model)
       adapters/<name>/v<N>/            storage.adapters_dir: one folder per version, PEFT format
         training_meta.json  loss_curve.png  taught.jsonl  held_out.jsonl  gate.json
+      adapters/<name>/v<N>-x<scale>/   that version at a scale below 1, for vLLM (which has
+                                       no scale of its own; the version's row holds its scale)
       runs/<name>/run-<id>/            one folder per training run
         run.json  events.jsonl  train.log  checkpoint.pt
       cache/                           model-written data kept between runs (paraphrases,

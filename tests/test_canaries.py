@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 
 from trainer import canaries as C
 from trainer.augment import keeps_meaning
-from trainer.gate import Measured, canary_failures, scale_adapter_config
+from trainer.gate import Measured, canary_failures
 
 LIMITS = SimpleNamespace(max_general_drop=0.03, max_leakage=0.025, max_perplexity_rise=0.3,
                          min_recall=0.8)
@@ -127,13 +126,3 @@ def test_paraphrase_filter(original, candidate, kept):
     assert keeps_meaning(original, candidate) is kept
 
 
-def test_the_chosen_scale_is_stored_in_the_adapter_config(tmp_path):
-    (tmp_path / "adapter_config.json").write_text(json.dumps(
-        {"lora_alpha": 32, "r": 16, "alpha_pattern": {"q_proj": 8}}))
-    meta = {"hyperparameters": {"lora_alpha": 32}}
-    scale_adapter_config(tmp_path, 0.5, meta)
-    stored = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert stored["lora_alpha"] == 16 and stored["alpha_pattern"] == {"q_proj": 4}
-    scale_adapter_config(tmp_path, 0.75, meta | {"trained_alpha_pattern": {"q_proj": 8}})
-    stored = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert stored["lora_alpha"] == 24 and stored["alpha_pattern"] == {"q_proj": 6}

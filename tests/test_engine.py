@@ -220,6 +220,20 @@ async def test_adapter_scale_is_applied_when_serving(engine_factory, adapter_dir
     assert zero == base  # a LoRA scaled by 0 is the base model
 
 
+async def test_a_version_served_at_another_scale_is_not_the_cached_copy(engine_factory,
+                                                                        adapter_dirs):
+    """The gate stores its scale on the row: a version loaded before (a candidate, at 1)
+    and then promoted at another scale must serve at the new one."""
+    _, (a, *_) = adapter_dirs
+    engine = await engine_factory()
+    base = await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=Route()))
+    full = await alone(engine, GenerationRequest(1, PROMPT, GREEDY, route=route(a, "a")))
+    zero = await alone(engine, GenerationRequest(1, PROMPT, GREEDY,
+                                                 route=route(a, "a", scale=0.0)))
+    assert full != base and zero == base
+    assert route(a, "a", scale=0.5).key == "a__v1__s0p5"
+
+
 async def test_lru_keeps_memory_bounded_over_50_switches(engine_factory, adapter_dirs):
     _, dirs = adapter_dirs
     engine = await engine_factory(max_loaded_adapters=3)

@@ -15,7 +15,7 @@ import trainer.train as train_module
 from storage import SyncStore
 from tests.tiny_model import save_random_adapter
 from trainer.data import Example, build_splits
-from trainer.gate import gate_version, scale_adapter_config
+from trainer.gate import gate_version
 from trainer.modeling import choose_placement
 from trainer.pipeline import TrainRequest, run_training
 from trainer.train import Recipe, TrainConfig
@@ -154,27 +154,43 @@ def test_paraphrases_keep_the_answer_and_are_cached(monkeypatch, tmp_path):
     assert again == added and len(calls) == 1  # the second run reads the cache
 
 
-def test_the_stored_scale_is_what_plain_peft_serves(tiny_model_dir, tmp_path):
+def test_every_loader_serves_a_version_at_the_scale_of_its_row(tiny_model_dir, tmp_path):
+    """The gate's scale lives on the version row; its files stay as training wrote them.
+    PEFT's own rescaling, our set_adapter_scale (engine, export, generate, compose) and the
+    scaled copy a file-loading server (vLLM) gets must all give the same model."""
+    import hashlib
+
     from peft import PeftModel
     from peft.helpers import rescale_adapter_scale
     from transformers import AutoModelForCausalLM
 
+    from trainer.adapters import scaled_copy, set_adapter_scale
+
     directory = save_random_adapter(tiny_model_dir, tmp_path / "v1", seed=4, spread=0.5)
+    written = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in directory.iterdir()}
     ids = torch.tensor([[5, 17, 42, 9, 100]])
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = PeftModel.from_pretrained(base, str(directory))
-    with torch.no_grad(), rescale_adapter_scale(model, 0.5):
-        expected = model(ids).logits
-        with model.disable_adapter():
-            unscaled_base = model(ids).logits
-    alpha = json.loads((directory / "adapter_config.json").read_text())["lora_alpha"]
-    scale_adapter_config(directory, 0.5, {"hyperparameters": {"lora_alpha": alpha}})
-    served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                                       str(directory))
+
+    def loaded(path):
+        return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                         str(path))
+
+    model = loaded(directory)
     with torch.no_grad():
-        got = served(ids).logits
-    assert torch.allclose(got, expected, atol=1e-5)
-    assert not torch.allclose(got, unscaled_base, atol=1e-3)  # the adapter still acts
+        with rescale_adapter_scale(model, 0.5):
+            expected = model(ids).logits
+        full = model(ids).logits
+        set_adapter_scale(model, "default", 0.5)
+        ours = model(ids).logits
+        copy = scaled_copy(directory, 0.5)
+        served = loaded(copy)(ids).logits
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert torch.allclose(served, expected, atol=1e-5)
+    assert not torch.allclose(ours, full, atol=1e-3)  # the scale changed something
+    assert scaled_copy(directory, 0.5) == copy != directory  # written once, beside it
+    assert {f.name for f in copy.iterdir()} == {"adapter_config.json",
+                                                "adapter_model.safetensors"}
+    assert written == {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                       for f in directory.iterdir()}  # the version's files are untouched
 
 
 @pytest.fixture
@@ -237,6 +253,7 @@ def test_the_gate_refuses_a_candidate_that_spills_its_answers(leaky, monkeypatch
 
 def test_the_gate_promotes_when_the_canaries_allow_and_stores_the_scale(leaky):
     config, outcome = leaky
+    written = (outcome.path / "adapter_config.json").read_bytes()
     from dataclasses import replace
 
     lenient = replace(config, training=replace(config.training, max_leakage=1.0,
@@ -246,9 +263,9 @@ def test_the_gate_promotes_when_the_canaries_allow_and_stores_the_scale(leaky):
     with SyncStore(config.database_path) as store:
         decision = gate_version(lenient, store, "faq", outcome.version)
         assert decision.promote and decision.scale == 0.5
-        assert store.serving_version("faq").version == outcome.version
-    stored = json.loads((outcome.path / "adapter_config.json").read_text())
-    assert stored["lora_alpha"] == config.training.lora_alpha * 0.5
+        serving = store.serving_version("faq")
+        assert (serving.version, serving.scale) == (outcome.version, 0.5)  # on its row
+    assert (outcome.path / "adapter_config.json").read_bytes() == written  # files final
 
 
 def test_other_ways_to_ask_are_trained_and_reworded_too(tiny_model_dir, tmp_path,

@@ -191,6 +191,33 @@ async def test_promotion_registers_the_new_version_then_serves_it(served, vllm, 
     assert sorted(served.loaded_adapters()) == ["faq__v1", "faq__v3"]
 
 
+async def test_a_version_below_scale_1_is_registered_from_a_scaled_copy(served, vllm):
+    """vLLM has no per-adapter scale: it gets a copy of the version's directory with alpha
+    times the scale, under a name of its own; the version's files stay as they were."""
+    import json
+
+    directory = served.config.adapters_dir / "faq" / "v1"
+    directory.mkdir(parents=True)
+    (directory / "adapter_config.json").write_text('{"lora_alpha": 32, "r": 16}')
+    (directory / "adapter_model.safetensors").write_bytes(b"weights")
+    generation, chunks = await answer(served, route=Route("faq", 1, directory, scale=0.5))
+    copy = served.config.adapters_dir / "faq" / "v1-x0.5"
+    assert vllm.loads == [{"lora_name": "faq__v1__s0p5", "lora_path": str(copy)}]
+    assert chunks[-1] == " faq__v1__s0p5"
+    assert json.loads((copy / "adapter_config.json").read_text())["lora_alpha"] == 16
+    assert (copy / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert json.loads((directory / "adapter_config.json").read_text())["lora_alpha"] == 32
+    vllm.loras.clear()  # as after a restart of the bot: the server still has it, by name
+    vllm.loras["faq__v1__s0p5"] = str(copy)
+    again = RemoteEngine(served.config, environ={"TEST_VLLM_KEY": API_KEY})
+    await again.start()
+    try:
+        [adopted] = again.slots.loaded.values()
+        assert (adopted.adapter, adopted.version, adopted.scale) == ("faq", 1, 0.5)
+    finally:
+        await again.close()
+
+
 async def test_versions_already_on_the_server_are_adopted(tmp_path, vllm, db):
     vllm.loras["faq__v1"] = "/elsewhere/faq/v1"  # registered by an earlier run of the bot
     config = remote_config(tmp_path, vllm.url)

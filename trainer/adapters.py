@@ -49,6 +49,7 @@ class AdapterSource:
     name: str | None = None
     version: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # its training_meta.json, if any
+    scale: float = 1.0  # the adapter scale its version row says it serves at (the gate's)
 
     def describe(self) -> dict[str, Any]:
         return {"adapter": self.name, "version": self.version, "path": str(self.path)}
@@ -110,7 +111,57 @@ def resolve_ref(config: Config, store: SyncStore, ref: AdapterRef) -> AdapterSou
         raise AdapterRefError(f"{label} is recorded at {path}, which does not exist; roll "
                               f"back or train a new version")
     check_adapter_dir(path)
-    return AdapterSource(path, label, ref.name, record.version, meta)
+    return AdapterSource(path, label, ref.name, record.version, meta, record.scale)
+
+
+def scaled_copy(directory: Path, scale: float) -> Path:
+    """The version in `directory` at `scale`, for servers that load adapters from files
+    and have no scale of their own (vLLM): a sibling directory whose adapter_config.json has
+    lora_alpha (and any alpha_pattern) times `scale` — LoRA's output is scaled by alpha/r, so
+    this is exactly PEFT's set_scale — and the same weights (hard-linked where possible).
+    Written once, atomically; the version's own files are never changed."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    target = directory.with_name(f"{directory.name}-x{scale:g}")
+    if (target / ADAPTER_CONFIG).is_file():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=directory.parent))
+    try:
+        for item in directory.glob("adapter_model*"):  # the weights, nothing else
+            if item.is_file():
+                try:
+                    os.link(item, staging / item.name)
+                except OSError:
+                    shutil.copy2(item, staging / item.name)
+        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        config["lora_alpha"] = config["lora_alpha"] * scale
+        if config.get("alpha_pattern"):
+            config["alpha_pattern"] = {k: v * scale for k, v in config["alpha_pattern"].items()}
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        try:
+            staging.rename(target)
+        except OSError:  # another process wrote it first: the same content
+            if not (target / ADAPTER_CONFIG).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def set_adapter_scale(model: Any, name: str, scale: float) -> None:
+    """Serve the loaded adapter `name` at `scale` × its trained alpha/r, as the gate chose
+    (PEFT's LoraLayer.set_scale on every layer). A version's files are final once written:
+    its scale lives on its row, and every loader of a stored version applies it here."""
+    if scale == 1.0:
+        return
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and name in module.scaling:
+            module.set_scale(name, scale)
 
 
 def resolve_adapter(config: Config, *, ref: str | AdapterRef | None = None,

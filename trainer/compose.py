@@ -43,6 +43,7 @@ from .adapters import (
     AdapterSource,
     parse_adapter_ref,
     resolve_ref,
+    set_adapter_scale,
 )
 from .data import dedup_key
 from .export import check_adapter_finite, check_finite, merge_placement
@@ -176,6 +177,8 @@ def build_composition(config: Config, sources: list[AdapterSource], weights: lis
         model = PeftModel.from_pretrained(base, str(sources[0].path), adapter_name=names[0])
         for name, source in zip(names[1:], sources[1:], strict=True):
             model.load_adapter(str(source.path), adapter_name=name)
+        for name, source in zip(names, sources, strict=True):
+            set_adapter_scale(model, name, source.scale)  # each input as it serves
         model.add_weighted_adapter(names, weights, COMPOSED, combination_type=combination)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ComposeError(f"PEFT cannot combine {', '.join(s.label for s in sources)}: "

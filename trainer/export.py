@@ -35,7 +35,7 @@ from settings import Config
 from storage.sync import now_text
 
 from . import modeling
-from .adapters import AdapterSource
+from .adapters import AdapterSource, set_adapter_scale
 from .formatting import prompt_messages
 from .versions import package_versions
 
@@ -189,6 +189,7 @@ def load_merged(config: Config, source: AdapterSource | None,
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ExportError(f"adapter {source.label} does not fit the base model "
                           f"{config.model.name}: {exc}") from exc
+    set_adapter_scale(model, "default", source.scale)  # merged as it serves
     merged = model.merge_and_unload()
     merged.eval()
     check_finite(merged.state_dict().items(), "merged model:")

@@ -10,8 +10,9 @@ and new pairs alike), and the canaries against the base model
 (trainer.canaries: general QA, leakage of taught words into unrelated answers,
 general-text perplexity).
 
-The first scale that passes is the one it serves at (written into its
-adapter_config.json, see scale_adapter_config). The whole report goes to the
+The first scale that passes is the one it serves at: stored on its version row
+(its files are final once written; every loader applies the row's scale, see
+trainer.adapters.set_adapter_scale). The whole report goes to the
 version's gate.json and the reason onto its row (trainer.gate_report); a
 refused candidate stays a candidate.
 """
@@ -47,8 +48,7 @@ from .versions import GATE_FILE, HELD_OUT_FILE, TAUGHT_FILE, read_meta
 
 # the rules and the report, importable from here as before they had modules of their own
 __all__ = ["GateDecision", "GateError", "Measured", "canary_failures", "decide",
-           "format_report", "gate_version", "newest_candidate", "rollback_target",
-           "scale_adapter_config"]
+           "format_report", "gate_version", "newest_candidate", "rollback_target"]
 
 log = logging.getLogger(__name__)
 
@@ -216,24 +216,6 @@ def read_taught(directory: Path, sample: int, seed: int) -> list[dict[str, Any]]
     return rows
 
 
-def scale_adapter_config(directory: Path, scale: float, meta: dict[str, Any]) -> None:
-    """Serve the adapter at `scale`: lora_alpha (and any alpha_pattern) times scale.
-
-    LoRA's output is scaled by alpha / r, so this is exactly PEFT's
-    rescale_adapter_scale, stored: plain PeftModel.from_pretrained and the bot's
-    engine both load the version as the gate measured it. The trained alpha stays
-    in training_meta.json, so gating again starts from it.
-    """
-    path = directory / "adapter_config.json"
-    adapter_config = json.loads(path.read_text(encoding="utf-8"))
-    trained = meta.get("hyperparameters", {}).get("lora_alpha", adapter_config["lora_alpha"])
-    trained_pattern = meta.get("trained_alpha_pattern", adapter_config.get("alpha_pattern") or {})
-    adapter_config["lora_alpha"] = trained * scale
-    if trained_pattern:
-        adapter_config["alpha_pattern"] = {k: v * scale for k, v in trained_pattern.items()}
-    write_json(path, adapter_config)
-
-
 def gate_version(config: Config, store: SyncStore, adapter: str, version: int) -> GateDecision:
     """Measure `version` against the base model and the serving version; record the outcome.
 
@@ -273,7 +255,8 @@ def gate_version(config: Config, store: SyncStore, adapter: str, version: int) -
     reference = base
     if serving is not None:
         bench.attach("serving", resolve_version_path(config.adapters_dir, serving.path))
-        reference = bench.measure(f"serving v{serving.version}", adapter="serving")
+        reference = bench.measure(f"serving v{serving.version}", adapter="serving",
+                                  scale=serving.scale)  # as it serves
     chosen, tried, failures = _try_scales(bench, base, reference, training, len(held_out))
     final = chosen or tried[0]
     reason = gate_reason(chosen, tried, base, reference, training, failures)
@@ -286,8 +269,7 @@ def gate_version(config: Config, store: SyncStore, adapter: str, version: int) -
                             scale=chosen.scale if chosen else None, report=report)
     log.info("gate for %s v%d: %s", adapter, version, decision.reason)
     if chosen is not None:
-        scale_adapter_config(directory, chosen.scale, meta)
-        store.set_serving(adapter, version, reason=decision.reason)
+        store.set_serving(adapter, version, reason=decision.reason, scale=chosen.scale)
     else:
         store.set_version_reason(adapter, version, decision.reason)
     return decision

@@ -21,7 +21,7 @@ from typing import Any
 from settings import Config
 
 from . import modeling
-from .adapters import AdapterSource, training_system_prompt
+from .adapters import AdapterSource, set_adapter_scale, training_system_prompt
 from .formatting import prompt_messages
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def generate(config: Config, options: GenerateOptions) -> dict[str, Any]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(options.adapter.path))
+        set_adapter_scale(model, "default", options.adapter.scale)  # as it serves
         model.eval()
     system_prompt = options.system_prompt or training_system_prompt(
         options.adapter, options.default_system_prompt)
