@@ -113,6 +113,10 @@ class ConsoleChat:
 
     async def run(self) -> int:
         await self.training.recover()
+        if self.training.reattached is not None:
+            run = self.training.reattached
+            self.say(f"(training run {run.id} of {run.adapter_label}, started before, is still "
+                     f"going: /train status shows how far it is)")
         try:
             return await self._loop()
         finally:

@@ -66,8 +66,8 @@ class NightlyTraining:
             self.catch_up.cancel()
 
     async def close(self) -> None:
-        """stop(), then wait for the cancelled catch-up run to unwind (its training run
-        lets go of the lock while the database is still open)."""
+        """stop(), then wait for the cancelled catch-up round to unwind (while the database
+        is still open). Its training run goes on; the bot started next follows it."""
         self.stop()
         if self.catch_up is not None:
             await asyncio.wait([self.catch_up])

@@ -2,17 +2,20 @@
 
 `python -m trainer train --from-db --events --promote` runs as a child at low
 CPU priority, so the bot keeps answering and a crash of the run cannot take
-the bot down. Its JSON-lines events are relayed to whoever asked (Discord
-message edits, console lines). When the gate promotes the new version, the
-engine loads it and it serves the next request — no restart. One run at a
-time per bot.
+the bot down. The run outlives the bot: the child has its own session, its
+output goes to files (its events to the run directory's events.jsonl, the rest
+to a log), never to a pipe that would break when the bot stops, and it holds
+the training lock itself. The service follows the events file and relays each
+event to whoever subscribed (Discord message edits, console lines); a bot
+restarted while the child lives re-attaches to the same file and reports the
+end. When the gate promotes the new version, the engine loads it and it serves
+the next request — no restart. One run at a time per host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -25,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from settings import ENV_PREFIX, TOKEN_ENV, Config, dump_toml, layout
-from settings.layout import CURVE_FILE
+from settings.layout import CURVE_FILE, EVENTS_FILE
 from storage import Database, TrainingRun
+from trainer.events import EventTail
 from trainer.versions import pid_alive
 
 from .engine_base import GenerationEngine
+from .training_outcome import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -37,59 +42,55 @@ EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 CANCEL_GRACE_S = 60
 
 
+__all__ = ["ActiveRun", "Outcome", "TrainingBusy", "TrainingService"]
+
+
 class TrainingBusy(RuntimeError):
     pass
 
 
 @dataclass
-class Outcome:
-    run_id: int
-    adapter: str
-    status: str  # succeeded, failed, cancelled
-    version: int | None = None
-    promoted: bool = False
-    reason: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    loss_curve: Path | None = None
-    error: str | None = None
-    report: dict[str, Any] | None = None  # the gate's: base vs serving vs candidate
-    label: str = ""  # the adapter's name as people see it (`adapter` is its key)
-
-    @property
-    def shown(self) -> str:
-        return self.label or self.adapter
-
-    def report_table(self) -> str:
-        """The gate report as a fixed-width table ("" when the gate did not run)."""
-        from trainer.gate import format_report
-
-        table = format_report(self.report)
-        return table.rsplit("\n", 1)[0] if table else ""
-
-    def summary(self) -> str:
-        if self.status == "cancelled":
-            return f"Training of {self.shown} was cancelled (run {self.run_id})."
-        if self.status != "succeeded":
-            return f"Training of {self.shown} failed (run {self.run_id}): {self.error}"
-        numbers = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items()
-                            if isinstance(v, float) and k.startswith(("eval", "held", "val")))
-        if not numbers:  # nothing held out (the default): how the training itself went
-            numbers = ", ".join(f"{label} {self.metrics[key]:{spec}}" for key, label, spec in (
-                ("steps", "steps", "d"), ("train_loss", "loss", ".3g"),
-                ("train_seconds", "seconds", ".0f")) if isinstance(self.metrics.get(key),
-                                                                   int | float))
-        verdict = ("promoted: it serves from now on" if self.promoted
-                   else f"kept as a candidate: {self.reason}")
-        return f"{self.shown} v{self.version} trained ({numbers or 'no metrics'}); {verdict}."
-
-
-@dataclass
 class ActiveRun:
+    """The run going on: a child this bot started (`process`), or one a bot before it
+    started that is still alive (`adopted`: only its pid is known)."""
+
     run: TrainingRun
-    process: asyncio.subprocess.Process
+    pid: int
     started: float
+    events: Path  # the run directory's events.jsonl, which the child appends to
+    process: asyncio.subprocess.Process | None = None
     last: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
+
+    @property
+    def adopted(self) -> bool:
+        return self.process is None
+
+    async def exited(self, within: float) -> bool:
+        """Whether the child has exited, waiting at most `within` seconds for it."""
+        if self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.process.wait()), within)
+            return self.process.returncode is not None
+        deadline = time.monotonic() + within
+        while _holds(self.pid, self.run.id):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(left, 0.25))
+        return True
+
+    def signal(self, number: int) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(number)
+        elif _holds(self.pid, self.run.id):  # (not another process that got its pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
 
     def progress(self) -> str:
         step, total = self.last.get("step"), self.last.get("total")
@@ -104,7 +105,7 @@ class ActiveRun:
 
 
 class TrainingService:
-    watch_every_s = 2.0  # how often a surviving child from before a restart is looked at
+    poll_every_s = 0.5  # how often the run's events file (and whether it lives) is read
 
     def __init__(self, config: Config, db: Database, engine: GenerationEngine):
         self.config = config
@@ -116,7 +117,9 @@ class TrainingService:
         # lock, records the end; callers of `follow` only subscribe to it
         self._follower: asyncio.Task[Outcome] | None = None
         self._handlers: list[EventHandler] = []
-        self._watcher: asyncio.Task[None] | None = None  # a survivor found by `recover`
+        # a run `recover` found still going, and its follower (its outcome, once it ends)
+        self.reattached: TrainingRun | None = None
+        self.reattached_end: asyncio.Task[Outcome] | None = None
 
     def command(self, adapter: str, run_id: int, trigger: str, config_path: Path) -> list[str]:
         return [sys.executable, "-m", "trainer", "train", "--from-db", "--adapter", adapter,
@@ -131,7 +134,11 @@ class TrainingService:
         return path
 
     def stderr_path(self, run_id: int) -> Path:
+        """The child's stdout and stderr (its events go to the run directory)."""
         return layout.logs_dir(self.config.data_dir) / f"training-run-{run_id}.stderr.log"
+
+    def events_path(self, run: TrainingRun) -> Path:
+        return layout.run_dir(self.config.data_dir, run.adapter, run.id) / EVENTS_FILE
 
     def child_environment(self) -> dict[str, str]:
         """The bot's environment without what the child must not see: `BOT_*` overrides
@@ -145,35 +152,46 @@ class TrainingService:
         return env
 
     async def recover(self) -> None:
-        """At start-up: clear a lock whose process is gone, and close the runs it left."""
+        """At start-up: clear a lock whose process is gone, close the runs it left, and
+        re-attach to a run whose child outlived the bot before this one."""
         lock = await self.db.training_lock()
         if lock is not None:
-            if lock["host"] == socket.gethostname() and not _holds(lock["pid"], lock["run_id"]):
+            here = lock["host"] == socket.gethostname()
+            if here and not _holds(lock["pid"], lock["run_id"]):
                 await self.db.release_training_lock()
                 log.warning("cleared a training lock left by process %d (run %s), which is "
                             "gone", lock["pid"], lock["run_id"])
-            else:
+            elif not (here and lock["run_id"]):  # (a run child here is followed, below)
                 log.warning("training is locked by process %d on %s (run %s); no run starts "
                             "here until it ends. If that host is gone (a replaced container: "
                             "give the container a fixed hostname, as compose.yaml does), clear "
                             "it with: sqlite3 %s 'DELETE FROM training_lock'", lock["pid"],
                             lock["host"], lock["run_id"], self.config.database_path)
         held = await self.db.training_lock()
-        if held is not None and held["host"] == socket.gethostname() and held["run_id"]:
-            # a child that outlived the bot before it: when it exits, its lock goes
-            self._watcher = asyncio.create_task(self._watch_survivor(held["pid"],
-                                                                     held["run_id"]))
         for run in await self.db.runs_left_running():
             if held is not None and held["run_id"] == run.id:
-                continue  # still running elsewhere
+                if held["host"] == socket.gethostname() and self.active is None:
+                    self._adopt(run, held["pid"])
+                continue  # still running (here: followed again; elsewhere: its host's)
             await self.db.update_run(run.id, status="failed", finished_at=_now(),
                                      error="the bot or the training process stopped during "
                                            "this run; start it again (it restarts cleanly)")
             log.warning("training run %d was left running by a stopped process; marked failed",
                         run.id)
 
+    def _adopt(self, run: TrainingRun, pid: int) -> None:
+        """Follow a child started by the bot before this one, from its events file."""
+        self.active = ActiveRun(run, pid, time.monotonic(), self.events_path(run))
+        self.reattached = run
+        self._handlers = []
+        self._follower = asyncio.create_task(self._follow(), name=f"training-run-{run.id}")
+        self.reattached_end = self._follower
+        log.info("training %s: run %d (process %d) outlived the bot before this one; "
+                 "following it again", run.adapter, run.id, pid)
+
     async def start(self, adapter: str, *, trigger: str = "manual",
-                    requested_by: int | None = None) -> TrainingRun:
+                    requested_by: int | None = None,
+                    channel_id: int | None = None) -> TrainingRun:
         """Record and launch a run; raises TrainingBusy while another one runs."""
         async with self._lock:
             if self.active is not None:
@@ -189,7 +207,8 @@ class TrainingService:
                                    f"{holder['run_id']}, process {holder['pid']}); wait for it")
             try:
                 run = await self.db.create_run(adapter, trigger=trigger,
-                                               requested_by=requested_by)
+                                               requested_by=requested_by,
+                                               channel_id=channel_id)
                 await self._spawn(adapter, run, trigger)
             except BaseException:
                 await self.db.release_training_lock()
@@ -201,16 +220,18 @@ class TrainingService:
     async def _spawn(self, adapter: str, run: TrainingRun, trigger: str) -> None:
         config_path = await asyncio.to_thread(self.write_child_config, run.id)
         stderr_path = self.stderr_path(run.id)
-        with stderr_path.open("wb") as stderr:
-            # its own session: a Ctrl-C meant for the bot does not cancel the run
+        with stderr_path.open("wb") as output:
+            # its own session: a Ctrl-C or SIGTERM meant for the bot does not stop the run;
+            # its output to a file, not a pipe: the bot may stop, the run goes on
             process = await asyncio.create_subprocess_exec(
                 *self.command(adapter, run.id, trigger, config_path),
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=self.child_environment(),
-                start_new_session=True)
+                stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
+                env=self.child_environment(), start_new_session=True)
         _lower_priority(process.pid)
         # the lock now names the child: if the bot dies, the run still holds it
         await self.db.hand_over_training_lock(run.id, process.pid, from_pid=os.getpid())
-        self.active = ActiveRun(run, process, time.monotonic())
+        self.active = ActiveRun(run, process.pid, time.monotonic(), self.events_path(run),
+                                process)
         log.info("training %s: run %d started as process %d", adapter, run.id, process.pid)
 
     async def follow(self, on_event: EventHandler | None = None) -> Outcome:
@@ -228,41 +249,43 @@ class TrainingService:
                 self._handlers.remove(on_event)
 
     async def _follow(self) -> Outcome:
-        """Relay the active run's events until it ends; then hot-load what it promoted."""
+        """Relay the active run's events until its child exits; then release the lock,
+        record the end if the child could not, and hot-load what it promoted. Cancelled
+        (the bot stopping), it leaves the run alone: the child goes on with its lock."""
         active = self.active
         assert active is not None
+        tail = EventTail(active.events)
         done: dict[str, Any] = {}
         gate: dict[str, Any] = {}
         error: str | None = None
+        ended = False
         try:
-            assert active.process.stdout is not None
-            async for raw in active.process.stdout:
-                try:
-                    event = json.loads(raw)
-                except json.JSONDecodeError:
-                    continue  # not an event line
-                active.last = event
-                kind = event.get("event")
-                if kind == "done":
-                    done = event
-                elif kind == "gate":
-                    gate = event
-                elif kind == "error":
-                    error = event.get("message")
-                for handler in list(self._handlers):
-                    try:
-                        await handler(event)
-                    except Exception:
-                        log.exception("a training progress handler failed")
-            code = await active.process.wait()
+            while not ended:
+                ended = await active.exited(self.poll_every_s)
+                for _, event in await asyncio.to_thread(tail.read):  # once ended: the rest
+                    active.last = event
+                    kind = event.get("event")
+                    if kind == "done":
+                        done = event
+                    elif kind == "gate":
+                        gate = event
+                    elif kind == "error":
+                        error = event.get("message")
+                    for handler in list(self._handlers):
+                        try:
+                            await handler(event)
+                        except Exception:
+                            log.exception("a training progress handler failed")
         finally:
             self.active = None
-            await self.db.release_training_lock(active.run.id)
+        await self.db.release_training_lock(active.run.id)
         run = await self.db.get_run(active.run.id)
         status = run.status
         if status in ("running", "queued"):  # the child died without saying why
             status = "cancelled" if active.cancelled else "failed"
-            error = error or (f"the training process exited with code {code}: "
+            code = active.exit_code
+            how = "ended" if code is None else f"exited with code {code}"
+            error = error or (f"the training process {how}: "
                               f"{_last_line(self.stderr_path(run.id))}")
             await self.db.update_run(run.id, status=status, error=error, finished_at=_now())
         outcome = Outcome(run.id, run.adapter, status, version=done.get("version"),
@@ -278,26 +301,17 @@ class TrainingService:
         log.info("training run %d ended: %s", run.id, outcome.summary())
         return outcome
 
-    async def _watch_survivor(self, pid: int, run_id: int) -> None:
-        """Wait for a training child this bot did not start to exit; then release its
-        lock and, if it could not record its end, record the run as failed."""
-        while _holds(pid, run_id):
-            await asyncio.sleep(self.watch_every_s)
-        await self.db.release_training_lock(run_id)
-        run = await self.db.get_run(run_id)
-        if run.status in ("running", "queued"):
-            await self.db.update_run(run_id, status="failed", finished_at=_now(),
-                                     error="the training process ended without recording "
-                                           "its result; start the run again")
-        log.info("training run %d (process %d, started before this bot) ended: %s", run_id,
-                 pid, (await self.db.get_run(run_id)).status)
-
     async def close(self) -> None:
-        """Stop watching (at shutdown); a child keeps running, its lock with it."""
-        if self._watcher is not None and not self._watcher.done():
-            self._watcher.cancel()
+        """Stop following (at shutdown, before the database closes): a child keeps running
+        with its lock, and the bot started next re-attaches to it."""
+        follower, active = self._follower, self.active
+        if follower is not None and not follower.done():
+            follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await follower
+            if active is not None:
+                log.info("stopped following training run %d; it goes on, and the bot "
+                         "started next follows it again", active.run.id)
 
     async def cancel(self) -> bool:
         """Stop the active run cleanly (the trainer turns SIGTERM into a cancelled run)."""
@@ -305,15 +319,11 @@ class TrainingService:
         if active is None:
             return False
         active.cancelled = True
-        with contextlib.suppress(ProcessLookupError):
-            active.process.send_signal(signal.SIGTERM)  # the trainer records "cancelled"
-        try:
-            await asyncio.wait_for(active.process.wait(), CANCEL_GRACE_S)
-        except TimeoutError:
+        active.signal(signal.SIGTERM)  # the trainer records "cancelled"
+        if not await active.exited(CANCEL_GRACE_S):
             log.warning("training run %d ignored SIGTERM for %d s; killing it",
                         active.run.id, CANCEL_GRACE_S)
-            with contextlib.suppress(ProcessLookupError):
-                active.process.kill()
+            active.signal(signal.SIGKILL)
         return True
 
 
@@ -346,8 +356,10 @@ def _lower_priority(pid: int) -> None:
 
 
 def _last_line(path: Path) -> str:
+    """The child's last words: its last line that is not a JSON event."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return "no output"
-    return lines[-1][:300] if lines else "no output"
+    said = [line for line in lines if not line.startswith('{"event"')]
+    return said[-1][:300] if said else "no output"

@@ -97,3 +97,86 @@ async def test_sigterm_shuts_down_cleanly(tmp_path, tiny_model_dir):
         # the bot closed its Discord session (a process that dies leaves it resumable)
         await fake.wait_until(lambda: not fake.sessions, timeout=10,
                               what="the gateway session closed by the bot")
+
+
+@pytest.mark.timeout(400)
+async def test_a_run_outlives_sigterm_and_the_restarted_bot_reports_its_end(tmp_path,
+                                                                             tiny_model_dir):
+    """`docker stop` during `/train`: the child trains on (its events go to a file, not a
+    pipe that breaks with the bot), the bot stops with no traceback, and the bot started
+    next follows the run again and posts its end in the channel it was asked in."""
+    import json
+    import os
+    import signal
+
+    from bench.chaos import BotProcess, write_config
+    from settings import load_config
+    from settings.layout import EVENTS_FILE, run_dir
+    from storage import Database
+    from tests.conftest import fast_training_toml
+    from tests.fake_discord import FakeDiscord
+    from trainer.versions import pid_alive
+
+    async with FakeDiscord() as fake:
+        w = fake.world
+        path = write_config(tmp_path, tiny_model_dir, w.guild.id)
+        with path.open("a", encoding="utf-8") as out:  # a run of a few hundred steps
+            out.write("[training]\nepochs = 300\neval_every = 0\n"
+                      + fast_training_toml())
+        config = load_config(path)
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text("".join(json.dumps({"question": f"Question {i}?",
+                                             "answer": f"Answer {i}."}) + "\n"
+                                 for i in range(8)), encoding="utf-8")
+        async with Database(config.database_path) as db:
+            await db.create_adapter("faq", "tiny", scope=w.guild.id)
+            await db.bind_channel(w.general.id, "faq", guild_id=w.guild.id)
+            await db.import_pairs(pairs, "faq")
+
+        first = BotProcess(fake, path, tmp_path / "first.log")
+        await first.start()
+        train = await fake.invoke_command("train", subcommand="start", user_id=w.alice.id,
+                                          channel_id=w.general.id)
+        await train.wait_response()
+        events = run_dir(config.data_dir, "faq", 1) / EVENTS_FILE
+
+        def steps() -> int:
+            text = events.read_text(encoding="utf-8") if events.exists() else ""
+            return text.count('"event": "step"')
+
+        await fake.wait_until(lambda: steps() >= 1, timeout=120, what="the run's first step")
+        first.process.send_signal(signal.SIGTERM)
+        assert await first.wait() == 143, first.log_tail()
+        async with Database(config.database_path) as db:
+            lock = await db.training_lock()
+        assert lock is not None and lock["run_id"] == 1, lock  # the child still holds it
+        child = lock["pid"]
+        assert pid_alive(child)
+        stepped = steps()
+        await fake.wait_until(lambda: steps() > stepped, timeout=60,
+                              what="a step of the run after the bot stopped")
+        os.kill(child, signal.SIGSTOP)  # it must not end while the next bot starts
+        try:
+            second = BotProcess(fake, path, tmp_path / "second.log")
+            await second.start()
+        finally:
+            os.kill(child, signal.SIGCONT)
+
+        def reported():
+            return [m for m in fake.bot_messages(w.general.id) if m.interaction_id is None
+                    and m.webhook_id is None and "faq v1 trained" in m.content]
+
+        try:
+            [message] = await fake.wait_until(reported, timeout=90,
+                                              what="the run's end, posted in the channel")
+        finally:
+            await second.stop()
+        async with Database(config.database_path) as db:
+            assert await db.training_lock() is None
+            assert (await db.get_run(1)).status == "succeeded"
+        for bot in (first, second):
+            log = bot.log_text()
+            assert "Traceback" not in log and "unhandled exception" not in log, log
+        assert "following it again" in second.log_text()
+        stderr = (config.data_dir / "logs" / "training-run-1.stderr.log").read_text()
+        assert "BrokenPipeError" not in stderr and "Traceback" not in stderr, stderr

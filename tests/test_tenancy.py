@@ -222,3 +222,35 @@ async def test_review_buttons_and_form_in_server_a_refuse_server_bs_admin(world,
     await owner_form.wait_response()
     decided = await s.db.get_review(s.a_turn)
     assert (decided.status, decided.edited_answer) == ("approved", "The owner's answer.")
+
+
+async def test_a_runs_result_never_goes_to_another_servers_announce_channel(world,
+                                                                           fake_discord):
+    """discord.announce_channel_id and admin_channel_id lie in one server: a run of
+    another server's adapter reports where it was asked, and nothing of it reaches them."""
+    fake, w = fake_discord, fake_discord.world
+    bella = await fake.create_user("bella")
+    b = await fake.create_guild("Server B", owner_id=bella.id)
+    b_channel = await fake.create_channel(b.id, "b-general", type=CHANNEL_TEXT)
+    b_admins = await fake.create_role(b.id, "B admins", permissions=MANAGE_GUILD)
+    await fake.add_member(b.id, bella.id, roles=[b_admins.id])
+    s = await world(command_sync="global", announce_channel_id=w.random.id,
+                    admin_channel_id=w.random.id)
+    await s.db.create_adapter("bravo", "tiny", scope=b.id)
+    await s.db.bind_channel(b_channel.id, "bravo", guild_id=b.id)
+    pairs = s.config.data_dir / "bravo.jsonl"
+    pairs.write_text("".join(json.dumps({"question": f"{B_TEXT} {n}?",
+                                         "answer": f"{B_TEXT} answer {n}."}) + "\n"
+                             for n in range(4)), encoding="utf-8")
+    await s.db.import_pairs(pairs, "bravo")
+    start = len(fake.calls)
+    await fake.invoke_command("train", subcommand="start", user_id=bella.id,
+                              channel_id=b_channel.id)
+    await fake.wait_until(lambda: [m for m in fake.bot_messages(b_channel.id)
+                                   if "bravo v1 trained" in m.content],
+                          timeout=240, what="the end of B's run, reported in B")
+    cog = s.bot.get_cog("Training")
+    await fake.wait_until(lambda: not cog.followers, what="the report finished")
+    assert fake.bot_messages(w.random.id) == []  # A's announce and admin channel
+    assert "bravo" in sent_since(fake, start) and B_TEXT not in "".join(
+        m.content for m in fake.bot_messages(w.random.id) + fake.bot_messages(w.general.id))

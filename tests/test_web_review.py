@@ -678,14 +678,13 @@ async def _read_sse_one(response) -> dict:
 
 
 class FakeTraining:
-    """TrainingService's surface the site uses: start, follow, cancel, active (the real
-    service, which runs the trainer as a child process, has its own tests)."""
+    """TrainingService's surface the site uses: start, cancel, active (the real service,
+    which runs the trainer as a child process and follows it itself, has its own tests)."""
 
     def __init__(self, db):
         self.db, self.active, self.started, self.cancelled = db, None, [], 0
-        self.finished = asyncio.Event()
 
-    async def start(self, adapter, *, trigger="manual", requested_by=None):
+    async def start(self, adapter, *, trigger="manual", requested_by=None, channel_id=None):
         if self.active is not None:
             raise TrainingBusy("a training run is already going")
         await self.db.require_adapter(adapter)
@@ -694,14 +693,9 @@ class FakeTraining:
         self.active = SimpleNamespace(run=run)
         return run
 
-    async def follow(self, on_event=None):
-        await self.finished.wait()
-        self.active = None
-        return SimpleNamespace(summary=lambda: "cancelled")
-
     async def cancel(self):
         self.cancelled += 1
-        self.finished.set()
+        self.active = None  # (the real service: once its follower sees the child exit)
         return True
 
 

@@ -1,5 +1,6 @@
-"""Progress events of a run: JSON lines on stdout (`--events`, read by the bot), a file
-in the run directory, an optional in-process callback, and TensorBoard scalars
+"""Progress events of a run: a JSON-lines file in the run directory (events.jsonl, which
+the bot follows with EventTail, and the web page too), JSON lines on stdout
+(`--events`), an optional in-process callback, and TensorBoard scalars
 (`--tensorboard DIR`) written from the same events, so every consumer sees the
 same numbers."""
 
@@ -35,6 +36,43 @@ class Events:
                 out.write(line + "\n")
         if self.callback is not None:
             self.callback(record)
+
+
+class EventTail:
+    """Reads the complete lines added to an events file since the last read."""
+
+    def __init__(self, path: Path, skip_lines: int = 0):
+        self.path = path
+        self.offset = 0  # bytes consumed
+        self.line = 0  # lines consumed
+        self.skip_lines = skip_lines
+
+    def read(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
+        self.offset += end
+        events = []
+        for raw in data[:end].splitlines():
+            self.line += 1
+            if self.line <= self.skip_lines:
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append((self.line, event))
+        return events
+
+
+def read_events(path: Path, skip_lines: int = 0) -> tuple[list[tuple[int, dict]], int]:
+    tail = EventTail(path, skip_lines)
+    return tail.read(), tail.line
 
 
 def _plain(value: Any) -> Any:

@@ -199,6 +199,8 @@ def _run(config: Config, request: TrainRequest, adapter: str, handoff: Handoff,
                 store.update_run(request.run_id, status="failed", error=str(exc),
                                  finished_at=now_text())
             raise
+        if request.run_id:  # the bot's run: the lock (handed to this process) goes with it
+            held.callback(store.release_training_lock, request.run_id)
         record, created = store.ensure_adapter(adapter, config.model.name)
         if created:
             log.info("created adapter %s (base model %s)", adapter, config.model.name)

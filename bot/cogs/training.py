@@ -9,8 +9,10 @@ import time
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from settings.layout import CURVE_FILE
+from storage import DIRECT_SCOPE, TrainingRun
 
 from ..permissions import admin_only
 from ..training import Outcome
@@ -35,6 +37,11 @@ class Training(SlashCog):
         self.service = bot.training
         self.followers: set[asyncio.Task] = set()
         self.clock = time.monotonic  # (tests move it past the token's lifetime)
+        self.reported: set[int] = set()  # runs from before a restart, being reported
+
+    def keep(self, task: asyncio.Task) -> None:
+        self.followers.add(task)
+        task.add_done_callback(self.followers.discard)
 
     @train.command(name="start", description="Train now on the approved pairs")
     @app_commands.describe(adapter="The adapter to train (default: this channel's)")
@@ -47,9 +54,26 @@ class Training(SlashCog):
         run = await self.core.training.start(caller, record.label)
         # the run is followed to its end even if Discord refuses the progress message:
         # otherwise nobody drains its events and the service stays busy
-        task = asyncio.create_task(self.report(interaction, record.label, run.id))
-        self.followers.add(task)
-        task.add_done_callback(self.followers.discard)
+        self.keep(asyncio.create_task(self.report(interaction, record.label, run.id)))
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """A run that outlived the bot before this one: its end goes to the channel it was
+        asked for in, as if the bot had never stopped."""
+        run, end = self.service.reattached, self.service.reattached_end
+        if run is None or end is None or run.id in self.reported:
+            return  # (on_ready comes again after every reconnect)
+        self.reported.add(run.id)
+        self.keep(asyncio.create_task(self.report_reattached(run, end)))
+
+    async def report_reattached(self, run: TrainingRun, end: asyncio.Task[Outcome]) -> None:
+        outcome = await asyncio.shield(end)
+        guild_id = None if run.adapter_guild == DIRECT_SCOPE else run.adapter_guild
+        channel = self.bot.get_channel(run.channel_id) if run.channel_id else None
+        if not self.in_server(channel, guild_id):  # gone, or not the run's server
+            admin = self.bot.get_channel(self.config.discord.admin_channel_id)
+            channel = admin if self.in_server(admin, guild_id) else None
+        await self.finish(None, channel, outcome, guild_id)
 
     async def report(self, interaction: discord.Interaction, adapter: str, run_id: int) -> None:
         message = None

@@ -51,7 +51,8 @@ class TrainingCommands:
                           "training service.")
         try:
             return await self.s.training.start(record.name, trigger="manual",
-                                               requested_by=caller.user_id)
+                                               requested_by=caller.user_id,
+                                               channel_id=caller.channel_id)
         except TrainingBusy as exc:
             if self.s.training.active is not None and self.active_here(caller) is None:
                 raise Busy(OTHER_SERVER) from None  # whose it is, is that server's business

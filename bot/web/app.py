@@ -10,7 +10,6 @@ disagree.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -71,7 +70,6 @@ class ReviewSite:
     event_poll_s: float = 0.5
     # (guild id, user id) → still an admin there? None: rights are checked at sign-in only
     check_admin: Callable[[int, int], Awaitable[bool | None]] | None = None
-    followers: set[asyncio.Task] = field(default_factory=set)
     templates: jinja2.Environment = field(init=False)
     core: Commands = field(init=False)  # the operations, as the cogs and the console call them
 
@@ -169,7 +167,6 @@ def create_review_app(*, config: Config, db: Database, sessions: ReviewSessions,
     versions.add_routes(add)
     runs.add_routes(add)
     add.add_static("/static", HERE / "static", name="static", append_version=True)
-    app.on_cleanup.append(_stop_followers)
     return app
 
 
@@ -268,11 +265,6 @@ async def session_lasts(request: web.Request) -> bool:
 def _route_name(request: web.Request) -> str | None:
     route = request.match_info.route
     return getattr(route, "name", None)
-
-
-async def _stop_followers(app: web.Application) -> None:
-    for task in list(app[SITE].followers):
-        task.cancel()
 
 
 # --- responses -------------------------------------------------------------------------

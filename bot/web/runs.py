@@ -14,13 +14,13 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from settings import Config, layout
 from settings.layout import EVENTS_FILE
 from storage import StorageError, TrainingRun, UnknownAdapterError
+from trainer.events import EventTail
 
 from .app import (
     EXPECTED,
@@ -60,43 +60,6 @@ def run_events_path(config: Config, run: TrainingRun) -> Path:
     return path if path.is_relative_to(config.data_dir) else default
 
 
-class EventTail:
-    """Reads the complete lines added to an events file since the last read."""
-
-    def __init__(self, path: Path, skip_lines: int = 0):
-        self.path = path
-        self.offset = 0  # bytes consumed
-        self.line = 0  # lines consumed
-        self.skip_lines = skip_lines
-
-    def read(self) -> list[tuple[int, dict[str, Any]]]:
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
-        self.offset += end
-        events = []
-        for raw in data[:end].splitlines():
-            self.line += 1
-            if self.line <= self.skip_lines:
-                continue
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append((self.line, event))
-        return events
-
-
-def read_events(path: Path, skip_lines: int = 0) -> tuple[list[tuple[int, dict]], int]:
-    tail = EventTail(path, skip_lines)
-    return tail.read(), tail.line
-
-
 async def runs_page(request: web.Request) -> web.Response:
     site = request.app[SITE]
     scope = scope_of_request(request)
@@ -124,22 +87,9 @@ async def start_run(request: web.Request) -> web.Response:
         run = await site.core.training.start(caller_of(request), label)
     except EXPECTED as exc:
         return refused(request, exc)
-    # someone must read the run's events to its end, or the service stays busy
-    task = asyncio.create_task(_follow(site, run.id))
-    site.followers.add(task)
-    task.add_done_callback(site.followers.discard)
     await site.record(request, "train_start", f"run {run.id}", adapter=adapter)
     return done(request, {"run_id": run.id, "adapter": adapter},
                 url(request, "runs", {"run": run.id}))
-
-
-async def _follow(site, run_id: int) -> None:
-    try:
-        outcome = await site.training.follow()
-    except Exception:
-        log.exception("following training run %d failed", run_id)
-        return
-    log.info("web review: %s", outcome.summary())
 
 
 async def cancel_run(request: web.Request) -> web.Response:

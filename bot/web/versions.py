@@ -19,6 +19,7 @@ from aiohttp import web
 
 from settings.layout import CURVE_FILE, META_FILE
 from storage import AdapterVersion, StorageError
+from trainer.events import read_events
 
 from ..routing import confined_adapter_path
 from .app import (
@@ -34,7 +35,7 @@ from .app import (
     scope_of_request,
     url,
 )
-from .runs import read_events, run_events_path
+from .runs import run_events_path
 
 SHOWN_HYPERPARAMETERS = ("method", "epochs", "learning_rate", "batch_size", "lora_r",
                          "lora_alpha", "max_seq_len", "seed")
