@@ -116,6 +116,7 @@ def mount_review_site(config: Config, server: HttpServer, db: Database,
 
 async def run_console(config: Config) -> int:
     from .console import ConsoleChat
+    from .memory import with_memory
     from .remote_engine import create_engine
     from .routing import Router
     from .training import TrainingService
@@ -125,7 +126,8 @@ async def run_console(config: Config) -> int:
         async with Database(config.database_path,
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
             router = Router(config, db)
-            engine, server = with_http_server(config, create_engine(config, router), db, router)
+            engine = with_memory(config, db, create_engine(config, router))
+            engine, server = with_http_server(config, engine, db, router)
             chat = ConsoleChat(config, engine, db,
                                training=TrainingService(config, db, engine))  # one per process
             sessions = (mount_review_site(config, server, db, engine, training=chat.training)
@@ -149,6 +151,7 @@ async def run_discord(config: Config, token: str) -> int:
     import discord
 
     from .discord_bot import ChannelBot
+    from .memory import with_memory
     from .remote_engine import create_engine
     from .routing import Router
     from .scheduler import NightlyTraining
@@ -159,7 +162,8 @@ async def run_discord(config: Config, token: str) -> int:
         async with Database(config.database_path,
                             busy_timeout_ms=config.storage.busy_timeout_ms) as db:
             router = Router(config, db)
-            engine, server = with_http_server(config, create_engine(config, router), db, router)
+            engine = with_memory(config, db, create_engine(config, router))
+            engine, server = with_http_server(config, engine, db, router)
             training = TrainingService(config, db, engine)  # one per process
             bot = ChannelBot(config, db, engine, router, training)
             if server is not None:
@@ -228,12 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         return healthcheck(config)
     from .generation import EngineError
     from .http import HttpConfigError
+    from .memory import MemoryUnavailable
 
     try:
         if command == "run" and token:
             return asyncio.run(until_terminated(run_discord(config, token)))
         return asyncio.run(until_terminated(run_console(config)))
-    except (ModelError, StorageError, EngineError, HttpConfigError) as exc:
+    except (ModelError, StorageError, EngineError, HttpConfigError, MemoryUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -48,6 +48,7 @@ HELP = """Type a question and press Enter. Commands:
   /review also ID QUESTION    approve, and teach QUESTION as another way to ask it
   /review bulk SCORE [NAME]   approve every pending pair with at least this score
   /stats                      answers, votes, pairs, adapters
+  /memory search TEXT         what the channel memory would do with TEXT: pairs and scores
   /export [NAME]              approved pairs as JSONL, written under the data directory
   /forget yes                 delete every question and vote of this console
   /train [start] [NAME]       train this console's adapter (or NAME) on its approved pairs;
@@ -91,7 +92,8 @@ class ConsoleChat:
         self.served: tuple[str | None, int | None] = (None, None)  # who answered last
         self.training = training or TrainingService(config, engine=engine, db=db)
         self.core = Commands(Services(config=config, db=db, training=self.training,
-                                      promote=engine.promote))
+                                      promote=engine.promote,
+                                      memory=getattr(engine, "memory", None)))
         # the console is one channel whose single user is its admin
         # whoever runs the console owns the bot: the direct scope is theirs
         self.caller = Caller(user_id=CONSOLE_USER_ID, channel_id=CONSOLE_CHANNEL_ID,
@@ -100,7 +102,7 @@ class ConsoleChat:
             "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
             "/adapter": self.adapter, "/review": self.review, "/stats": self.stats,
             "/export": self.export, "/forget": self.forget, "/train": self.train,
-            "/help": self.help,
+            "/memory": self.memory, "/help": self.help,
         }
 
     def say(self, text: str = "", end: str = "\n") -> None:
@@ -202,14 +204,18 @@ class ConsoleChat:
         answer = generation.text.strip()
         self.say()
         route = generation.route
-        if route.version is not None and (route.adapter, route.version) != self.served:
+        recalled = getattr(generation, "recalled", None)
+        if recalled is not None:
+            self.say(f"(from approved answer #{recalled.turn_id})")
+        elif route.version is not None and (route.adapter, route.version) != self.served:
             self.say(f"(answered by {route.adapter} v{route.version})")
         self.served = (route.adapter, route.version)
         self.last_turn = await self.db.record_turn(
             source="console", channel_id=CONSOLE_CHANNEL_ID, author_id=CONSOLE_USER_ID,
             question=question, answer=answer, context=messages[:-1],
             adapter_name=route.adapter, adapter_version=route.version,
-            latency_ms=generation.latency_ms)
+            latency_ms=generation.latency_ms,
+            recalled_from=recalled.turn_id if recalled is not None else None)
         self.history += [{"role": "user", "content": question},
                          {"role": "assistant", "content": answer}]
         return answer
@@ -281,6 +287,11 @@ class ConsoleChat:
 
     async def stats(self, args: list[str]) -> None:
         self.show(await self.core.data.stats(self.caller))
+
+    async def memory(self, args: list[str]) -> None:
+        if args and args[0].lower() == "search":  # `/memory search TEXT`, as on Discord
+            args = args[1:]
+        self.show(await self.core.memory.search(self.caller, " ".join(args)))
 
     async def export(self, args: list[str]) -> None:
         reply = await self.core.data.export(self.caller, args[0] if args else None)

@@ -23,7 +23,7 @@ from .training import TrainingService
 log = logging.getLogger(__name__)
 
 COGS = ("bot.cogs.chat", "bot.cogs.feedback", "bot.cogs.adapters", "bot.cogs.review",
-        "bot.cogs.data", "bot.cogs.training")
+        "bot.cogs.data", "bot.cogs.training", "bot.cogs.memory")
 
 # the model's text never pings anyone: no @everyone/@here, no roles, no users;
 # only the person the bot replies to is notified
@@ -57,7 +57,8 @@ class ChannelBot(commands.Bot):
         self.training = training or TrainingService(config, db, engine)
         # the operations every cog calls (the console and the web page hold their own)
         self.core = Commands(Services(config=config, db=db, training=self.training,
-                                      promote=engine.promote))
+                                      promote=engine.promote,
+                                      memory=getattr(engine, "memory", None)))
         self.review_sessions = None  # bot.web.ReviewSessions when [web] is enabled
 
     async def still_admin(self, guild_id: int, user_id: int) -> bool | None:

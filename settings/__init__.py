@@ -24,6 +24,7 @@ from .schema import (
     FeedbackConfig,
     HttpConfig,
     LoggingConfig,
+    MemoryConfig,
     ModelConfig,
     StorageConfig,
     TrainingConfig,
@@ -33,7 +34,7 @@ from .schema import (
 __all__ = [
     "CONFIG_ENV", "DEFAULT_MODEL_ALIAS", "ENV_PREFIX", "HTTP_TOKEN_ENV", "SECTIONS", "TOKEN_ENV",
     "Config", "ConfigError", "DiscordConfig", "EngineConfig", "FeedbackConfig", "HttpConfig",
-    "LoggingConfig", "ModelConfig", "StorageConfig", "TrainingConfig", "WebConfig",
+    "LoggingConfig", "MemoryConfig", "ModelConfig", "StorageConfig", "TrainingConfig", "WebConfig",
     "default_config_path", "discord_token", "dump_toml", "load_config", "load_config_or_exit",
     "describe_settings", "parse_config", "settings_markdown",
 ]

@@ -127,6 +127,12 @@ def parse_config(text: str, *, source: str = "config.toml", base_dir: Path | Non
             else:
                 kwargs[f.name] = checked
         sections[section] = cls(**kwargs)
+    memory = sections["memory"]
+    if memory.context_threshold > memory.answer_threshold:
+        where = values["memory"].get("context_threshold", (None, source))[1]
+        problems.append(f"{where}: [memory] context_threshold = {memory.context_threshold:g} "
+                        f"is above answer_threshold = {memory.answer_threshold:g}: notes are "
+                        f"for questions less close than a direct answer; lower it")
     if problems:
         raise ConfigError(problems)
     return Config(base_dir=(base_dir or Path.cwd()), source=source, **sections)

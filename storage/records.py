@@ -121,6 +121,7 @@ class Turn:
     adapter_version: int | None
     latency_ms: float | None
     created_at: str
+    recalled_from: int | None = None  # the approved pair it was answered from (memory)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Turn:
@@ -128,13 +129,14 @@ class Turn:
                    row["author_id"], row["question_message_id"], row["answer_message_id"],
                    row["question"], _json(row["context"], []), row["answer"],
                    row["adapter_name"], row["adapter_version"], row["latency_ms"],
-                   row["created_at"])
+                   row["created_at"], row["recalled_from"])
 
 
 @dataclass(frozen=True)
 class VoteResult:
     score: int
     became_candidate: bool
+    reopened: int | None = None  # the approved pair a 👎'd memory answer sent back to review
 
 
 @dataclass(frozen=True)

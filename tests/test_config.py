@@ -184,3 +184,10 @@ def test_dumped_settings_load_back_identically(tmp_path):
         assert getattr(loaded, section) == getattr(original, section) or section == "storage"
     assert dataclasses.replace(loaded.storage, data_dir="x") == \
         dataclasses.replace(original.storage, data_dir="x")
+
+
+def test_memory_notes_threshold_above_the_answer_threshold_is_refused_with_its_line():
+    with pytest.raises(ConfigError, match=r"config.toml:3: \[memory\] context_threshold = 0.9 "
+                                          r"is above answer_threshold = 0.85"):
+        parse_config("[memory]\nenabled = true\ncontext_threshold = 0.9\n")
+    assert parse_config("[memory]\ncontext_threshold = 0.85\n").memory.context_threshold == 0.85

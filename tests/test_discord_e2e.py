@@ -43,7 +43,7 @@ class Paced:
 async def world(fake_discord, tmp_path, tiny_model_dir):
     """A running bot; the channel #general answers with adapter 'faq' v1 (varied text)."""
 
-    async def start(*, max_new_tokens: int = 24, **discord_settings):
+    async def start(*, max_new_tokens: int = 24, memory: bool = False, **discord_settings):
         fake = fake_discord
         settings = {"dev_guild_ids": [fake.world.guild.id], "user_cooldown_s": 0.0,
                     "stream_edit_interval_s": 0.2, **discord_settings}
@@ -63,6 +63,10 @@ async def world(fake_discord, tmp_path, tiny_model_dir):
         await db.bind_channel(fake.world.general.id, "faq", guild_id=fake.world.guild.id)
         router = Router(config, db)
         engine = Engine(config, router)
+        if memory:  # the channel memory on the engine's path, as bot/__main__.py puts it
+            from bot.memory import with_memory
+
+            engine = with_memory(config, db, engine)
         await engine.start()
         bot = ChannelBot(config, db, engine, router)
         w = fake.world

@@ -100,6 +100,10 @@ ROWS: dict[int, dict[str, list[dict[str, Any]]]] = {
         dict(id=2, admin_id=12, source="discord", action="promote", target=None,
              detail="{}", created_at=at(11, 13)),
     ]},
+    9: {"memory_keys": [  # the approved pair's question, as float32 bytes
+        dict(id=1, turn_id=1, adapter_name="faq", kind="question", text="Où est le café ? ☕",
+             model="all-MiniLM-L6-v2", vector=bytes(range(16))),
+    ]},
 }
 
 # Columns a migration adds to an older table: {migration: {(table, column): (the value a
@@ -111,6 +115,7 @@ ADDED_COLUMNS: dict[int, dict[tuple[str, str], tuple[dict[int, Any], Any]]] = {
         ("adapters", "label"): ({1: "faq", 2: "faq-fr"}, ""),
         ("admin_actions", "guild_id"): ({1: 10}, None)},
     8: {("training_runs", "channel_id"): ({2: 20}, None)},
+    9: {("turns", "recalled_from"): ({2: 1}, None)},
 }
 # What a migration sets in the rows it finds (not a default): {migration: {(table,
 # column): {id or turn_id: value}}}. 0007 places each adapter in its channels' guild, and

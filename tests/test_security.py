@@ -46,6 +46,7 @@ ADMIN_ONLY = [
     ("review", "web", {}),
     ("train", "status", {}),
     ("train", "cancel", {}),
+    ("memory", "search", {"text": "What are the approved answers?"}),
 ]
 
 

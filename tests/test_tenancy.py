@@ -56,6 +56,7 @@ IN_A = [
     Case("train", "start", {"adapter": "faq"}),  # no approved pair: refused after the check
     Case("train", "status"),
     Case("train", "cancel"),
+    Case("memory", "search", {"text": f"What is the {A_TEXT} code?"}),  # A's pair: pending
 ]
 # server B's admin, in B, naming what is A's: unknown there, and nothing of A shown
 FROM_B = [
@@ -65,6 +66,7 @@ FROM_B = [
     ("adapter", "create", {"name": "copy", "base_on": "faq"}),
     ("review", "start", {"adapter": "faq"}), ("review", "bulk", {"min_score": 1, "adapter": "faq"}),
     ("export", None, {"adapter": "faq"}), ("train", "start", {"adapter": "faq"}),
+    ("memory", "search", {"text": "code?", "adapter": "faq"}),
 ]
 
 
@@ -82,7 +84,8 @@ async def two_servers(fake, world):
         await fake.add_member(b.id, user.id)
     for user in (bella, owner):
         await fake.add_member(w.guild.id, user.id)
-    s = await world(command_sync="global", owner_ids=[owner.id])  # DMs have commands too
+    s = await world(command_sync="global", owner_ids=[owner.id],  # DMs have commands too
+                    memory=True)
     await s.db.create_adapter("bravo", "tiny", scope=b.id)
     await s.db.add_version("bravo", path="faq/v1", status="serving")
     await s.db.bind_channel(b_channel.id, "bravo", guild_id=b.id)

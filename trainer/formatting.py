@@ -74,6 +74,17 @@ def prompt_messages(question: str, *, system: str = "", history: list[dict[str, 
     return messages
 
 
+def notes_prompt(question: str, notes: Sequence[tuple[str, str]]) -> str:
+    """The user's turn with channel notes: approved (question, answer) pairs the channel
+    memory found near `question`, then the question. One formatter for serving (the bot)
+    and for training rows, so the adapter learns the prompts it is served."""
+    if not notes:
+        return question
+    lines = "\n".join(f"- Q: {q}\n  A: {a}" for q, a in notes)
+    return (f"Channel notes (approved answers to earlier questions; use one only if it "
+            f"answers this question):\n{lines}\n\nQuestion: {question}")
+
+
 def end_of_turn_id(tokenizer: Any) -> int | None:
     return tokenizer.eos_token_id
 

@@ -253,7 +253,10 @@ class Chat(commands.Cog):
         if not text:
             await message.reply(APOLOGY if problem else NO_ANSWER, mention_author=False)
             return
-        await answer.update(text + (f"\n\n*({problem})*" if problem else ""), final=True)
+        recalled = getattr(generation, "recalled", None)
+        footer = f"\n-# from approved answer #{recalled.turn_id}" if recalled else ""
+        await answer.update(text + (f"\n\n*({problem})*" if problem else "") + footer,
+                            final=True)
         await self.store(message, question, context, generation, answer)
 
     async def withdraw(self, answer: AnswerMessages) -> None:
@@ -274,7 +277,8 @@ class Chat(commands.Cog):
             channel_id=message.channel.id, author_id=message.author.id, question=question,
             context=context, answer=generation.text.strip(), question_message_id=message.id,
             answer_message_id=last.id, adapter_name=route.adapter,
-            adapter_version=route.version, latency_ms=generation.latency_ms)
+            adapter_version=route.version, latency_ms=generation.latency_ms,
+            recalled_from=getattr(getattr(generation, "recalled", None), "turn_id", None))
         if self.config.feedback.add_reactions:
             for emoji in ("👍", "👎"):
                 try:

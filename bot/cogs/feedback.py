@@ -56,6 +56,9 @@ class Feedback(commands.Cog):
                                          min_score=self.config.feedback.min_score)
         log.info("vote %+d by %d on answer %d: score %d%s", value, payload.user_id, turn.id,
                  result.score, " (now a review candidate)" if result.became_candidate else "")
+        if result.reopened is not None:
+            log.info("approved pair #%d, which answered %d from memory, is back in review",
+                     result.reopened, turn.id)
 
     @commands.Cog.listener()
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:

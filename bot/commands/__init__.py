@@ -18,6 +18,7 @@ from .base import (
     require_admin,
 )
 from .data import FORGET_WARNING, DataCommands
+from .memory import MemoryCommands
 from .review import ReviewCommands
 from .services import Services
 from .training import Busy, TrainingCommands
@@ -32,11 +33,13 @@ class Commands:
         self.review = ReviewCommands(services)
         self.data = DataCommands(services)
         self.training = TrainingCommands(services)
+        self.memory = MemoryCommands(services)
 
 
 __all__ = [
     "ADMIN_HELP", "BASE_CHOICE", "AdapterCommands", "Attachment", "Busy", "Caller", "Commands",
-    "Conflict", "DataCommands", "FORGET_WARNING", "Missing", "NotAdmin", "Refused", "Reply",
+    "Conflict", "DataCommands", "FORGET_WARNING", "MemoryCommands", "Missing", "NotAdmin",
+    "Refused", "Reply",
     "ReviewCommands", "Services", "TrainingCommands", "channel_text", "metrics_text", "plain",
     "require_admin",
 ]

@@ -125,6 +125,10 @@ class AdapterCommands:
             reply.fields.append(("versions", "none yet: approve pairs, then /train"))
         channels = await self.db.channels_of(record.name)
         reply.fields.append(("channels", ", ".join(map(channel_text, channels)) or "none"))
+        if self.s.memory is not None:
+            pairs, keys = await self.s.memory.size(record.name)
+            reply.fields.append(("memory", f"{pairs} approved pairs, {keys} keys: answered "
+                                 f"from at once, in other words too"))
         if record.based_on:
             parent = await self.db.get_adapter(record.based_on)
             reply.fields.append(("based on", parent.label if parent else record.based_on))

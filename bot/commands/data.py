@@ -35,6 +35,11 @@ class DataCommands:
         stats = await self.db.stats(caller.scope)
         reply = Reply(title="What the bot has learned from",
                       fields=[(label, str(stats[key])) for key, label in STAT_LABELS])
+        if self.s.memory is not None:
+            sizes = [await self.s.memory.size(a.name)
+                     for a in await self.db.list_adapters(caller.scope)]
+            reply.fields.append(("in memory", f"{sum(p for p, _ in sizes)} pairs, "
+                                 f"{sum(k for _, k in sizes)} keys"))
         runs = await self.db.list_runs(limit=1, scope=caller.scope)
         if runs:
             last = runs[0]

@@ -22,6 +22,7 @@ class Services:
     db: Database
     training: TrainingService | None = None  # None: runs can be listed, not started
     promote: Promote | None = None  # None: only storage changes; the engine loads it later
+    memory: Any = None  # the channel memory (bot.memory.ChannelMemory); None: it is off
 
     async def key_of(self, scope: int, adapter: str | None) -> str | None:
         """The key of the adapter that `scope` calls `adapter` (None: no adapter named);

@@ -216,9 +216,11 @@ class HttpServer:
         prompt_tokens = generation.prompt_tokens
         if prompt_tokens is None:
             prompt_tokens = await self.engine.count_prompt_tokens(call.messages, route)
+        recalled = getattr(generation, "recalled", None)  # answered from the channel memory
         return {"text": generation.text, "adapter": route.adapter, "version": route.version,
                 "prompt_tokens": prompt_tokens, "completion_tokens": generation.token_count,
-                "latency_ms": round(generation.latency_ms or 0.0, 1)}
+                "latency_ms": round(generation.latency_ms or 0.0, 1),
+                "recalled_from": recalled.turn_id if recalled is not None else None}
 
 
 async def _complete_unless_client_leaves(request: web.Request,

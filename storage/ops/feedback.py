@@ -27,12 +27,12 @@ def record_turn(conn: sqlite3.Connection, *, channel_id: int, author_id: int, qu
                 source: str = "discord", guild_id: int | None = None,
                 question_message_id: int | None = None, answer_message_id: int | None = None,
                 adapter_name: str | None = None, adapter_version: int | None = None,
-                latency_ms: float | None = None) -> int:
+                latency_ms: float | None = None, recalled_from: int | None = None) -> int:
     with write_transaction(conn):
         return conn.execute(q.INSERT_TURN, (
             source, guild_id, channel_id, author_id, question_message_id, answer_message_id,
             question, json.dumps(context or [], ensure_ascii=False), answer, adapter_name,
-            adapter_version, latency_ms)).lastrowid
+            adapter_version, latency_ms, recalled_from)).lastrowid
 
 
 def get_turn(conn: sqlite3.Connection, turn_id: int) -> Turn | None:
@@ -63,7 +63,10 @@ def cast_vote(conn: sqlite3.Connection, turn_id: int, user_id: int, value: int, 
             became = conn.execute(q.INSERT_REVIEW_CANDIDATE, (turn_id,)).rowcount == 1
         else:
             conn.execute(q.WITHDRAW_PENDING_BELOW, (turn_id, min_score))
-    return VoteResult(score, became)
+        reopened = None
+        if value < 0:  # 👎 on an answer given from memory: its approved pair is looked at again
+            reopened = conn.execute(q.REOPEN_RECALLED, (turn_id,)).fetchone()
+    return VoteResult(score, became, reopened[0] if reopened else None)
 
 
 def retract_vote(conn: sqlite3.Connection, turn_id: int, user_id: int, value: int, *,
@@ -163,7 +166,7 @@ def import_pairs(conn: sqlite3.Connection, pairs: list[Pair], adapter: str) -> i
             turn_id = conn.execute(q.INSERT_TURN, (
                 "import", guild_id, pair.channel_id or 0, 0, None, None, pair.question,
                 json.dumps(pair.context, ensure_ascii=False), pair.answer, adapter, None,
-                None)).lastrowid
+                None, None)).lastrowid
             conn.execute(q.INSERT_APPROVED_REVIEW, (
                 turn_id, adapter, json.dumps(pair.also_asked, ensure_ascii=False)))
     return len(pairs)
