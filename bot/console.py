@@ -22,7 +22,16 @@ from settings import Config, layout
 from storage import Database, StorageError
 from storage.jsonl import write_text_atomic
 
-from .commands import FORGET_WARNING, Caller, Commands, Refused, Reply, Services, plain
+from .commands import (
+    FORGET_WARNING,
+    Attachment,
+    Caller,
+    Commands,
+    Refused,
+    Reply,
+    Services,
+    plain,
+)
 from .commands.review import review_card
 from .engine import EngineError, GenerationEngine, GenerationRequest, Sampling
 from .training import TrainingService
@@ -49,6 +58,7 @@ HELP = """Type a question and press Enter. Commands:
   /review bulk SCORE [NAME]   approve every pending pair with at least this score
   /stats                      answers, votes, pairs, adapters
   /memory search TEXT         what the channel memory would do with TEXT: pairs and scores
+  /import FILE [NAME]         store FILE's question/answer rows as approved pairs
   /export [NAME]              approved pairs as JSONL, written under the data directory
   /forget yes                 delete every question and vote of this console
   /train [start] [NAME]       train this console's adapter (or NAME) on its approved pairs;
@@ -102,7 +112,7 @@ class ConsoleChat:
             "/good": lambda args: self.vote(+1), "/bad": lambda args: self.vote(-1),
             "/adapter": self.adapter, "/review": self.review, "/stats": self.stats,
             "/export": self.export, "/forget": self.forget, "/train": self.train,
-            "/memory": self.memory, "/help": self.help,
+            "/memory": self.memory, "/import": self.import_file, "/help": self.help,
         }
 
     def say(self, text: str = "", end: str = "\n") -> None:
@@ -287,6 +297,16 @@ class ConsoleChat:
 
     async def stats(self, args: list[str]) -> None:
         self.show(await self.core.data.stats(self.caller))
+
+    async def import_file(self, args: list[str]) -> None:
+        if not args:
+            raise ValueError("give the file to import: /import FILE [ADAPTER]")
+        path = Path(args[0]).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        attachment = Attachment(path.name, path.read_bytes())
+        self.show(await self.core.data.import_file(self.caller, attachment,
+                                                   args[1] if len(args) > 1 else None))
 
     async def memory(self, args: list[str]) -> None:
         if args and args[0].lower() == "search":  # `/memory search TEXT`, as on Discord

@@ -129,14 +129,15 @@ class ChannelMemory:
         while batch := await rows.unindexed(adapter, self.embedder.name, limit=64):
             texts = [text for pair in batch for _, text in pair.key_texts()]
             vectors = await self.embedder.encode(texts)
-            at = 0
+            at, now = 0, 0
             for pair in batch:
                 count = len(pair.key_texts())
                 blobs = [v.astype(np.float32).tobytes() for v in vectors[at:at + count]]
                 at += count
                 if await rows.add_keys(adapter, self.embedder.name, pair, blobs):
-                    added += 1
-            if len(batch) < 64 or not added:
+                    now += 1
+            added += now
+            if len(batch) < 64 or not now:
                 break  # (a pair that changed meanwhile is read again next time)
         if added:
             log.info("channel memory of %s: %d pair(s) indexed", adapter, added)

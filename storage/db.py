@@ -276,6 +276,14 @@ class Database:
         pairs = await asyncio.to_thread(read_pairs_jsonl, path, adapter)
         return await self._run(feedback.import_pairs, pairs, adapter)
 
+    async def import_rows(self, pairs: list[Pair], adapter: str, *,
+                          reviewer_id: int | None = None) -> int:
+        """Pairs read already (trainer.datafiles.read_pairs), approved by `reviewer_id`."""
+        return await self._run(feedback.import_pairs, pairs, adapter, reviewer_id=reviewer_id)
+
+    async def forget_question(self, message_id: int) -> list[int]:
+        return await self._run(feedback.forget_question, message_id)
+
     async def forget_user(self, user_id: int, *, min_score: int) -> dict[str, Any]:
         return await self._run(feedback.forget_user, user_id, min_score=min_score)
 

@@ -61,8 +61,8 @@ WHERE a.name = ? ORDER BY c.channel_id"""
 INSERT_TURN = """
 INSERT INTO turns (source, guild_id, channel_id, author_id, question_message_id,
                    answer_message_id, question, context, answer, adapter_name,
-                   adapter_version, latency_ms, recalled_from)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+                   adapter_version, latency_ms, recalled_from, origin)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 SELECT_TURN = "SELECT * FROM turns WHERE id = ?"
 # the pair a memory answer came from, back to review (its memory keys go with the status)
 REOPEN_RECALLED = """
@@ -126,12 +126,13 @@ FROM review r JOIN turns t ON t.id = r.turn_id
 WHERE r.status = 'approved' AND (? IS NULL OR r.adapter_name = ?) AND """ + _IN_SCOPE + """
 ORDER BY t.id"""
 INSERT_APPROVED_REVIEW = """
-INSERT INTO review (turn_id, adapter_name, also_asked, status, reviewed_at)
-VALUES (?, ?, ?, 'approved', """ + NOW + ")"
+INSERT INTO review (turn_id, adapter_name, also_asked, reviewer_id, status, reviewed_at)
+VALUES (?, ?, ?, ?, 'approved', """ + NOW + ")"
 
 # --- forgetting a user --------------------------------------------------------------
 TURN_IDS_OF_AUTHOR = "SELECT id FROM turns WHERE author_id = ?"
 DELETE_TURNS_OF_AUTHOR = "DELETE FROM turns WHERE author_id = ?"
+DELETE_TURN_OF_QUESTION = "DELETE FROM turns WHERE question_message_id = ? RETURNING id"
 DELETE_VOTES_OF_USER = "DELETE FROM feedback WHERE user_id = ?"
 
 # --- training runs ------------------------------------------------------------------

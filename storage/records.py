@@ -169,6 +169,7 @@ class Pair:
     context: list[dict[str, str]] = field(default_factory=list)
     created_at: str | None = None
     also_asked: list[str] = field(default_factory=list)  # other ways to ask, same answer
+    origin: str | None = None  # where an imported pair came from ("faq.csv:12")
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Pair:

@@ -42,6 +42,10 @@ class SyncStore:
     def require_adapter(self, name: str) -> Adapter:
         return adapters.require_adapter(self.conn, name)
 
+    def import_pairs(self, pairs: list[Pair], adapter: str) -> int:
+        """Pairs read already (trainer.datafiles.read_pairs) as approved pairs of `adapter`."""
+        return feedback.import_pairs(self.conn, pairs, adapter)
+
     def ensure_adapter(self, name: str, base_model: str,
                        system_prompt: str | None = None) -> tuple[Adapter, bool]:
         """The adapter row, created when missing; (adapter, created)."""

@@ -34,6 +34,8 @@ pytest_plugins = ("fake_discord",)
 world = e2e.world  # the real bot against the fake Discord
 
 PAIRS = [(f"Question {n}?", f"Answer {n}.") for n in range(1, 6)]
+IMPORT = Path(__file__).parent / "data" / "faq-import.csv"
+IMPORT_BAD = Path(__file__).parent / "data" / "faq-import-bad.jsonl"
 
 
 @dataclass
@@ -104,6 +106,13 @@ STEPS = [
          ("command", "train", "start", {"adapter": "notes"})),
     Step("forget", "/forget yes",
          ("confirm", "forget", None, {}, "forget:confirm", "asker")),
+    # after /forget: the console's user and an imported pair's author are both "nobody" (0)
+    Step("import", f"/import {IMPORT}",
+         ("command", "import", None, {"file": (IMPORT.name, IMPORT.read_bytes())})),
+    Step("import, a bad row", f"/import {IMPORT_BAD}",
+         ("command", "import", None, {"file": (IMPORT_BAD.name, IMPORT_BAD.read_bytes())})),
+    Step("memory search, memory off", "/memory search When does the café open?",
+         ("command", "memory", "search", {"text": "When does the café open?"})),
 ]
 
 _TIME = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d")
@@ -286,7 +295,8 @@ def test_every_operation_has_a_step():
                "adapter info", "adapter prompt", "adapter rollback", "review next",
                "review decide", "review also", "review count_at_least",
                "review approve_at_least", "data stats", "data export", "data forget",
-               "data forget_files", "training start", "training status", "training cancel"}
+               "data forget_files", "data import_file", "training start", "training status",
+               "training cancel"}
     # the web page's own: serve any version (rollback's general form, which the steps run)
     # and un-approve (tests/test_web_review.py); a text both faces print
     web_only = {"adapter serve", "review unapprove", "review nothing_at_least"}
@@ -303,7 +313,7 @@ def test_every_operation_has_a_step():
                     "/adapter info", "/adapter prompt", "/adapter rollback", "/review approve",
                     "/review edit", "/review reject", "/review also", "/review bulk",
                     "/stats", "/export", "/forget", "/train status", "/train cancel",
-                    "/train notes"):
+                    "/train notes", "/import", "/memory search"):
         assert command in seen, command
 
 
@@ -322,7 +332,8 @@ async def test_console_and_discord_answer_and_store_the_same(faces):
             assert len(rows) == len(await console.db.approved_pairs(
                 None if step.console == "/export" else "faq")) > 0, step.id
     final = await console.state()
-    assert final["bound"] == "faq" and final["counts"]["answers"] == 0  # forgotten
+    # the asker's answers forgotten; the two imported pairs came after (the bad file: none)
+    assert final["bound"] == "faq" and final["counts"]["answers"] == 2
     assert ("copy", "faq", None) in final["adapters"]
 
 

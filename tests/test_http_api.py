@@ -428,3 +428,42 @@ async def test_a_client_that_leaves_stops_its_answer(api, caplog):
             await asyncio.sleep(0.05)
     assert "left before its answer; it was stopped" in caplog.text
     assert handles[0].token_count < 1000  # measured: ~150 (without the check: all 4,000)
+
+
+async def test_the_api_answers_from_the_channel_memory_as_chat_does(tmp_path, tiny_model_dir,
+                                                                    adapters_root):
+    """One answer path: an adapter's approved pair answers its question over HTTP too, and
+    the body says which pair it came from."""
+    import json
+
+    from bot.memory import with_memory
+
+    config = api_config(tmp_path, tiny_model_dir, adapters_root)
+    async with Database(config.database_path) as db:
+        await db.create_adapter("faq", "tiny")
+        await db.add_version("faq", path="faq/v1", status="serving")
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text(json.dumps({"question": "When does the café open?",
+                                     "answer": "At eight every weekday."}) + "\n")
+        await db.import_pairs(pairs, "faq")
+        [pair] = await db.approved_pairs("faq")
+        router = Router(config, db)
+        server = HttpServer.from_config(config, with_memory(config, db, Engine(config, router)),
+                                        db, router, environ={"BOT_HTTP_TOKEN": TOKEN})
+        await server.engine.start()
+        await server.start()
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as client:
+                api = Api(client, server, db)
+                status, body = await api.generate({"prompt": "When does the café open?",
+                                                   "adapter": "faq"})
+                assert status == 200, body
+                assert (body["text"], body["recalled_from"]) == ("At eight every weekday.",
+                                                                 pair.turn_id)
+                _, other = await api.generate({"prompt": "Name a colour.", "adapter": "faq"})
+                assert other["recalled_from"] is None and other["completion_tokens"] > 0
+                answers = 'bot_answers_total{adapter="faq",outcome="ok"}'
+                assert metric(await api.metrics(), answers) == 2  # both counted
+        finally:
+            await server.close()
+            await server.engine.close()

@@ -216,3 +216,86 @@ async def test_approved_in_review_answered_in_other_words_at_once_and_a_thumbs_d
     _, generated = await ask(s, "If a guest comes to Brindlewood, what badge colour do they get?")
     assert "from approved answer" not in generated.content
     assert (await s.db.turn_for_answer_message(generated.id)).recalled_from is None
+
+
+# --- seeding a channel from a file, and deleting a question ------------------------------
+
+FAQ_CSV = ("question,answer\n"
+           f'"{BADGES[0]}","{BADGES[1]}"\n'
+           f'"{MASCOT[0]}","{MASCOT[1]}"\n').encode()
+
+
+async def test_import_in_discord_is_answered_from_at_once_and_a_bad_row_stores_nothing(
+        world, fake_discord):  # noqa: F811
+    s = await world(memory=True)
+    bad = await s.fake.invoke_command(
+        "import", {"file": ("faq.jsonl", b'{"question": "Q?", "answer": "A."}\n{"question": 1}\n')},
+        user_id=s.admin.id, channel_id=s.general.id)
+    await bad.wait_response()
+    refused = json.dumps((await bad.wait_for_response("followup", timeout=10)).data)
+    assert "faq.jsonl:2" in refused and bad.ephemeral, refused
+    assert await s.db.approved_pairs("faq") == []  # nothing of that file
+
+    done = await s.fake.invoke_command("import", {"file": ("faq.csv", FAQ_CSV)},
+                                       user_id=s.admin.id, channel_id=s.general.id)
+    await done.wait_response()
+    said = json.dumps((await done.wait_for_response("followup", timeout=10)).data)
+    assert "Imported 2 approved pairs from faq.csv into **faq**" in said, said
+    pairs = await s.db.approved_pairs("faq")
+    assert [(p.question, p.answer) for p in pairs] == [BADGES, MASCOT]
+    with sqlite3.connect(s.db.path) as conn:
+        origin, reviewer = conn.execute(
+            "SELECT t.origin, r.reviewer_id FROM turns t JOIN review r ON r.turn_id = t.id "
+            "WHERE t.id = ?", (pairs[1].turn_id,)).fetchone()
+    assert (origin, reviewer) == ("faq.csv:3", s.admin.id)
+    assert key_rows(s.db.path, pairs[0].turn_id) == [("question", BADGES[0])]  # indexed
+    _, answer = await ask(s, "What is the Brindlewood mascot called?")
+    assert answer.content == f"{MASCOT[1]}\n-# from approved answer #{pairs[1].turn_id}"
+
+
+async def test_a_question_deleted_on_discord_leaves_memory_and_storage(
+        world, fake_discord):  # noqa: F811
+    from tests.test_closed_loop import approve_by_review
+
+    s = await world(memory=True)
+    question, answer = await ask(s, BADGES[0])
+    turn = await approve_by_review(s, answer)
+    _, recalled = await ask(s, BADGES[0])
+    assert "from approved answer" in recalled.content
+    await s.fake.delete_message(question.id)
+    for _ in range(200):
+        if await s.db.get_turn(turn) is None:
+            break
+        await asyncio.sleep(0.02)
+    assert await s.db.get_turn(turn) is None and key_rows(s.db.path, turn) == []
+    _, again = await ask(s, BADGES[0])
+    assert "from approved answer" not in again.content
+
+
+def test_import_pairs_cli_creates_the_adapter_and_refuses_a_bad_file_whole(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from storage import SyncStore
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env.update(BOT_CONFIG=str(ROOT / "config.toml"), BOT_STORAGE_DATA_DIR=str(tmp_path / "d"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer\nOne?,Yes.\n,No question\n", encoding="utf-8")
+
+    def run(path):
+        return subprocess.run([sys.executable, "-m", "trainer", "import-pairs", str(path),
+                               "--adapter", "faq"], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+
+    failed = run(bad)
+    assert failed.returncode != 0 and "bad.csv:3" in failed.stderr, failed.stderr
+    good = tmp_path / "faq.csv"
+    good.write_bytes(FAQ_CSV)
+    done = run(good)
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 approved pair(s)" in done.stdout and "(a new adapter)" in done.stdout
+    with SyncStore(tmp_path / "d" / "bot.sqlite3") as store:
+        assert [(p.question, p.answer) for p in store.approved_pairs("faq")] == [BADGES, MASCOT]

@@ -115,7 +115,8 @@ ADDED_COLUMNS: dict[int, dict[tuple[str, str], tuple[dict[int, Any], Any]]] = {
         ("adapters", "label"): ({1: "faq", 2: "faq-fr"}, ""),
         ("admin_actions", "guild_id"): ({1: 10}, None)},
     8: {("training_runs", "channel_id"): ({2: 20}, None)},
-    9: {("turns", "recalled_from"): ({2: 1}, None)},
+    9: {("turns", "recalled_from"): ({2: 1}, None),
+        ("turns", "origin"): ({3: "faq.csv:2"}, None)},
 }
 # What a migration sets in the rows it finds (not a default): {migration: {(table,
 # column): {id or turn_id: value}}}. 0007 places each adapter in its channels' guild, and

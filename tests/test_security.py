@@ -47,6 +47,7 @@ ADMIN_ONLY = [
     ("train", "status", {}),
     ("train", "cancel", {}),
     ("memory", "search", {"text": "What are the approved answers?"}),
+    ("import", None, {"file": ("evil.jsonl", b'{"question": "Q?", "answer": "Evil."}\n')}),
 ]
 
 

@@ -57,6 +57,7 @@ IN_A = [
     Case("train", "status"),
     Case("train", "cancel"),
     Case("memory", "search", {"text": f"What is the {A_TEXT} code?"}),  # A's pair: pending
+    Case("import", None, {"file": ("more.csv", b"question,answer\nNew?,Yes.\n")}),
 ]
 # server B's admin, in B, naming what is A's: unknown there, and nothing of A shown
 FROM_B = [
@@ -67,6 +68,7 @@ FROM_B = [
     ("review", "start", {"adapter": "faq"}), ("review", "bulk", {"min_score": 1, "adapter": "faq"}),
     ("export", None, {"adapter": "faq"}), ("train", "start", {"adapter": "faq"}),
     ("memory", "search", {"text": "code?", "adapter": "faq"}),
+    ("import", None, {"file": ("leak.csv", b"question,answer\nLeak?,Yes.\n"), "adapter": "faq"}),
 ]
 
 

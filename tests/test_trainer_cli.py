@@ -199,8 +199,8 @@ def test_one_run_per_adapter_at_a_time(env, tmp_path):
 def test_every_command_has_one_runner_in_help_order():
     [sub] = [a for a in build_parser()._actions if a.dest == "command"]
     assert list(sub.choices) == list(COMMANDS) == [
-        "fetch-model", "prepare", "train", "evaluate", "promote", "rollback", "runs",
-        "generate", "merge", "export", "compose", "sweep"]
+        "fetch-model", "prepare", "import-pairs", "train", "evaluate", "promote", "rollback",
+        "runs", "generate", "merge", "export", "compose", "sweep"]
 
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage import Pair
+
 # write_jsonl is also the trainer's JSONL writer for other modules (versions, pipeline)
 from storage.jsonl import jsonl_rows, parse_rows, write_jsonl
 from storage.pairs import clean_also_asked
@@ -127,6 +129,15 @@ def read_examples(path: str | Path) -> list[Example]:
     return examples
 
 
+def read_pairs(path: str | Path, adapter: str | None = None) -> list[Pair]:
+    """A data file (any shape read_examples reads) as pairs to store as approved: each
+    with its other ways to ask and where it came from ("faq.csv:12"). A bad row fails
+    the whole file (DataError, with every bad line's number): nothing half-imported."""
+    return [Pair(e.question, e.answer, adapter, context=list(e.history),
+                 also_asked=list(e.also_asked), origin=e.source)
+            for e in read_examples(path)]
+
+
 def _json_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
     """The items of a JSON list, each with the line it starts on."""
     text = path.read_text(encoding="utf-8")
@@ -178,7 +189,10 @@ def _csv_rows(path: Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
                 start = reader.line_num + 1
                 continue
             # line_num is the last physical line read; a quoted field may span several
-            yield start, {k: v for k, v in row.items() if k in pairs[0]}
+            record = {k: v for k, v in row.items() if k in pairs[0]}
+            if (row.get("also_asked") or "").strip():  # other ways to ask, "a | b"
+                record["also_asked"] = row["also_asked"].split("|")
+            yield start, record
             start = reader.line_num + 1
 
 

@@ -144,11 +144,18 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        """A question deleted while it is answered: stop generating, free the slot."""
+        """A question deleted while it is answered: stop generating, free the slot. One
+        deleted after it was answered is forgotten: its answer, votes and review go, and
+        with them its pair from the channel memory and from future training."""
         generation = self.in_flight.pop(payload.message_id, None)
         if generation is not None:
             generation.cancel()
             log.info("question %d was deleted: its answer stopped", payload.message_id)
+        forgotten = await self.db.forget_question(payload.message_id)
+        if forgotten:
+            log.info("question %d was deleted: turn %s forgotten", payload.message_id,
+                     ", ".join(map(str, forgotten)))
+            await self.bot.core.data.forget_files(forgotten)
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from ..commands import FORGET_WARNING
+from ..commands import FORGET_WARNING, Attachment
+from ..commands.data import check_import_size
 from ..permissions import admin_only
 from ._common import AnswersErrors, SlashCog, adapter_names, caller_of, reply, send_reply
 
@@ -54,6 +55,21 @@ class Data(SlashCog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         await send_reply(interaction, await self.core.data.export(caller_of(interaction),
                                                                   adapter))
+
+    @app_commands.command(name="import", description="Store a file of question/answer pairs "
+                          "as approved pairs, answered from at once")
+    @app_commands.describe(file="JSONL, JSON, CSV, TXT or TSV rows: question and answer "
+                           "(also_asked too), as the trainer reads them",
+                           adapter="Whose pairs (default: this channel's adapter)")
+    @app_commands.autocomplete(adapter=adapter_names)
+    @app_commands.default_permissions(manage_guild=True)
+    @admin_only()
+    async def import_pairs(self, interaction: discord.Interaction, file: discord.Attachment,
+                           adapter: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        check_import_size(file.filename, file.size)  # before downloading it
+        await send_reply(interaction, await self.core.data.import_file(
+            caller_of(interaction), Attachment(file.filename, await file.read()), adapter))
 
     @app_commands.command(name="forget", description="Delete your stored questions and votes")
     async def forget(self, interaction: discord.Interaction) -> None:

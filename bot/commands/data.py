@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+from pathlib import Path
 
 from settings import layout
 from storage import pairs_jsonl
+from trainer.data import DataError
+from trainer.datafiles import read_pairs
 from trainer.versions import forget_turns
 
-from .base import Attachment, Caller, Reply, require_admin
+from .base import Attachment, Caller, Refused, Reply, require_admin
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,15 @@ FORGET_WARNING = ("This deletes every question you asked the bot (with its answe
                   "vote you cast. Pairs already used by a trained version stay in that "
                   "version's weights (its stored lists of questions are cleaned), but never "
                   "train another.")
+
+MAX_IMPORT_BYTES = 8 * 2**20  # a big FAQ is well under 1 MiB
+
+
+def check_import_size(filename: str, size: int) -> None:
+    if size > MAX_IMPORT_BYTES:
+        raise Refused(f"{filename} is {size // 1024} KiB; import at most "
+                      f"{MAX_IMPORT_BYTES // 2**20} MiB at a time (split it, or use "
+                      f"`python -m trainer import-pairs` on the host).")
 
 
 class DataCommands:
@@ -56,6 +69,40 @@ class DataCommands:
                      attachment=Attachment(f"{adapter or 'all'}-approved.jsonl",
                                            pairs_jsonl(pairs)),
                      values={"pairs": len(pairs)})
+
+    async def import_file(self, caller: Caller, attachment: Attachment,
+                          adapter: str | None = None) -> Reply:
+        """Every row of `attachment` (JSONL, JSON, CSV, TXT, TSV) as an approved pair of
+        this channel's adapter (or `adapter`, of this server), approved by the caller and
+        in memory at once; a bad row refuses the whole file, with its line number."""
+        require_admin(caller, "import")
+        check_import_size(attachment.filename, len(attachment.data))
+        if adapter is not None:
+            record = await self.db.adapter_in(adapter, caller.scope)
+        else:
+            here = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
+            if here is None:
+                raise Refused("This channel answers with the base model: name the adapter "
+                              "the pairs belong to (/import file adapter:NAME).")
+            record = await self.db.require_adapter(here.name)
+        name = Path(attachment.filename).name
+        if name in ("", ".", ".."):  # (a name only: never a path out of the folder)
+            raise Refused("The attached file has no name; name it like faq.csv or faq.jsonl.")
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_bytes(attachment.data)
+            try:
+                pairs = await asyncio.to_thread(read_pairs, path, record.name)
+            except DataError as exc:
+                raise Refused(str(exc).replace(str(path), name)) from None
+        count = await self.db.import_rows(pairs, record.name, reviewer_id=caller.user_id)
+        if self.s.memory is not None:
+            await self.s.memory.refresh(record.name)  # answered from before the reply is seen
+        log.info("%d pairs imported into %s from %s by %d", count, record.name, name,
+                 caller.user_id)
+        return Reply(f"Imported {count} approved pairs from {name} into **{record.label}**"
+                     + (": answered from at once" if self.s.memory is not None else "")
+                     + ", and learned at the next training run.", values={"pairs": count})
 
     async def forget(self, caller: Caller) -> tuple[Reply, list[int]]:
         """Delete the caller's questions, answers and votes; returns the reply and the

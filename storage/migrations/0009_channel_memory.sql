@@ -28,3 +28,7 @@ END;
 
 -- the approved pair an answer was given from (NULL: generated); a 👎 sends it back to review
 ALTER TABLE turns ADD COLUMN recalled_from INTEGER;
+-- where an imported pair came from ("faq.csv:12"; NULL: asked on Discord, the console, ...)
+ALTER TABLE turns ADD COLUMN origin TEXT;
+-- a question deleted on Discord is found by its message id (and forgotten)
+CREATE INDEX turns_by_question_message ON turns(question_message_id);

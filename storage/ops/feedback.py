@@ -32,7 +32,7 @@ def record_turn(conn: sqlite3.Connection, *, channel_id: int, author_id: int, qu
         return conn.execute(q.INSERT_TURN, (
             source, guild_id, channel_id, author_id, question_message_id, answer_message_id,
             question, json.dumps(context or [], ensure_ascii=False), answer, adapter_name,
-            adapter_version, latency_ms, recalled_from)).lastrowid
+            adapter_version, latency_ms, recalled_from, None)).lastrowid
 
 
 def get_turn(conn: sqlite3.Connection, turn_id: int) -> Turn | None:
@@ -157,19 +157,30 @@ def approved_pairs(conn: sqlite3.Connection, adapter: str | None = None,
     return [Pair.from_row(r) for r in rows]
 
 
-def import_pairs(conn: sqlite3.Connection, pairs: list[Pair], adapter: str) -> int:
-    """Add `pairs` (read by storage.pairs.read_pairs_jsonl) as approved training data of
-    `adapter`: all of them or, when one fails, none."""
+def import_pairs(conn: sqlite3.Connection, pairs: list[Pair], adapter: str, *,
+                 reviewer_id: int | None = None) -> int:
+    """Add `pairs` (read by storage.pairs.read_pairs_jsonl or trainer.datafiles.read_pairs)
+    as approved pairs of `adapter`, approved by `reviewer_id` (who imported them): all of
+    them or, when one fails, none."""
     guild_id = require_adapter(conn, adapter).guild_id or None  # they join its guild
     with write_transaction(conn):
         for pair in pairs:
             turn_id = conn.execute(q.INSERT_TURN, (
-                "import", guild_id, pair.channel_id or 0, 0, None, None, pair.question,
-                json.dumps(pair.context, ensure_ascii=False), pair.answer, adapter, None,
-                None, None)).lastrowid
+                "import", guild_id, pair.channel_id or 0, 0, None, None,
+                pair.question, json.dumps(pair.context, ensure_ascii=False), pair.answer,
+                adapter, None, None, None, pair.origin)).lastrowid
             conn.execute(q.INSERT_APPROVED_REVIEW, (
-                turn_id, adapter, json.dumps(pair.also_asked, ensure_ascii=False)))
+                turn_id, adapter, json.dumps(pair.also_asked, ensure_ascii=False),
+                reviewer_id))
     return len(pairs)
+
+
+def forget_question(conn: sqlite3.Connection, message_id: int) -> list[int]:
+    """A question deleted where it was asked: its turn goes, with its answer, votes,
+    review and memory keys; returns the deleted turn ids (trained versions' files name
+    them)."""
+    with write_transaction(conn):
+        return [row[0] for row in conn.execute(q.DELETE_TURN_OF_QUESTION, (message_id,))]
 
 
 def forget_user(conn: sqlite3.Connection, user_id: int, *, min_score: int) -> dict[str, Any]:
