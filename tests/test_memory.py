@@ -299,3 +299,18 @@ def test_import_pairs_cli_creates_the_adapter_and_refuses_a_bad_file_whole(tmp_p
     assert "imported 2 approved pair(s)" in done.stdout and "(a new adapter)" in done.stdout
     with SyncStore(tmp_path / "d" / "bot.sqlite3") as store:
         assert [(p.question, p.answer) for p in store.approved_pairs("faq")] == [BADGES, MASCOT]
+
+
+async def test_an_import_named_like_a_folder_is_refused_before_anything_is_written(db):
+    from bot.commands import Attachment, Caller, Commands, Refused, Services
+    from settings import parse_config
+
+    await db.create_adapter("faq", "tiny")
+    core = Commands(Services(config=parse_config(""), db=db))
+    admin = Caller(user_id=1, channel_id=5, is_admin=True)
+    for name in ("..", "."):
+        with pytest.raises(Refused, match="has no name"):
+            await core.data.import_file(admin, Attachment(name, FAQ_CSV), "faq")
+    with pytest.raises(Refused, match="unknown file type"):
+        await core.data.import_file(admin, Attachment("faq.exe", FAQ_CSV), "faq")
+    assert await db.approved_pairs("faq") == []
