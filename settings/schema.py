@@ -299,7 +299,8 @@ class MemoryConfig:
     context_threshold: float = setting(0.55, "Similarity at or above which approved pairs "
                                        "go into the prompt as channel notes; below it "
                                        "nothing is added.", min=0.0, max=1.0)
-    top_k: int = setting(3, "Most pairs given to the model as channel notes.", min=1, max=10)
+    top_k: int = setting(1, "Most pairs given to the model as channel notes (the default "
+                         "model answers best from the nearest pair alone).", min=1, max=10)
 
 
 SECTIONS: dict[str, type] = {

@@ -36,10 +36,12 @@ class MemoryCommands:
             reply.text = "Nothing approved is stored yet: memory adds nothing."
             return reply
         best = hits[0].score
+        notes = ("the nearest pair goes into the prompt as a channel note"
+                 if settings.top_k == 1 else
+                 f"the nearest {settings.top_k} pairs go into the prompt as channel notes")
         reply.text = (f"answered with approved answer #{hits[0].turn_id}"
                       if best >= settings.answer_threshold else
-                      "the nearest pairs go into the prompt as channel notes"
-                      if best >= settings.context_threshold else "nothing is added")
+                      notes if best >= settings.context_threshold else "nothing is added")
         reply.text = (f"Would do: **{reply.text}** (thresholds: answer "
                       f"{settings.answer_threshold:g}, notes {settings.context_threshold:g}).")
         for hit in hits:
