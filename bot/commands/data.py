@@ -77,14 +77,9 @@ class DataCommands:
         in memory at once; a bad row refuses the whole file, with its line number."""
         require_admin(caller, "import")
         check_import_size(attachment.filename, len(attachment.data))
-        if adapter is not None:
-            record = await self.db.adapter_in(adapter, caller.scope)
-        else:
-            here = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
-            if here is None:
-                raise Refused("This channel answers with the base model: name the adapter "
-                              "the pairs belong to (/import file adapter:NAME).")
-            record = await self.db.require_adapter(here.name)
+        record = await self.s.named_or_channels(caller, adapter, unbound=(
+            "This channel answers with the base model: name the adapter the pairs belong to "
+            "(/import file adapter:NAME)."))
         name = Path(attachment.filename).name
         if name in ("", ".", ".."):  # (a name only: never a path out of the folder)
             raise Refused("The attached file has no name; name it like faq.csv or faq.jsonl.")

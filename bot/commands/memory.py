@@ -20,14 +20,9 @@ class MemoryCommands:
             raise Refused("The channel memory is off here (memory.enabled = false).")
         if not text.strip():
             raise Refused("Give the question to look up: /memory search TEXT.")
-        if adapter is not None:
-            record = await self.db.adapter_in(adapter, caller.scope)
-        else:
-            here = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
-            if here is None:
-                raise Refused("This channel answers with the base model, which has no "
-                              "memory; name an adapter: /memory search TEXT adapter:NAME.")
-            record = await self.db.require_adapter(here.name)
+        record = await self.s.named_or_channels(caller, adapter, unbound=(
+            "This channel answers with the base model, which has no memory; name an "
+            "adapter: /memory search TEXT adapter:NAME."))
         settings = memory.settings
         hits = await memory.search(record.name, text.strip(), limit=5)
         pairs, keys = await memory.size(record.name)

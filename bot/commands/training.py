@@ -30,12 +30,7 @@ class TrainingCommands:
         """The adapter a run trains: the one named (in the caller's scope), or the
         channel's (quick checks only)."""
         require_admin(caller, "train start")
-        if adapter is not None:
-            return await self.db.adapter_in(adapter, caller.scope)
-        bound = await self.db.resolve_adapter_for(caller.channel_id, caller.guild_id)
-        if bound is None:
-            raise Refused(NO_ADAPTER)
-        return await self.db.require_adapter(bound.name)
+        return await self.s.named_or_channels(caller, adapter, unbound=NO_ADAPTER)
 
     def active_here(self, caller: Caller) -> ActiveRun | None:
         """The run going on, if it is the caller's to see (of their scope, or an owner's)."""
