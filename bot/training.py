@@ -62,10 +62,6 @@ class ActiveRun:
     last: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
 
-    @property
-    def adopted(self) -> bool:
-        return self.process is None
-
     async def exited(self, within: float) -> bool:
         """Whether the child has exited, waiting at most `within` seconds for it."""
         if self.process is not None:
@@ -138,7 +134,7 @@ class TrainingService:
         return layout.logs_dir(self.config.data_dir) / f"training-run-{run_id}.stderr.log"
 
     def events_path(self, run: TrainingRun) -> Path:
-        return layout.run_dir(self.config.data_dir, run.adapter, run.id) / EVENTS_FILE
+        return run_events_path(self.config, run)
 
     def child_environment(self) -> dict[str, str]:
         """The bot's environment without what the child must not see: `BOT_*` overrides
@@ -325,6 +321,16 @@ class TrainingService:
                         active.run.id, CANCEL_GRACE_S)
             active.signal(signal.SIGKILL)
         return True
+
+
+def run_events_path(config: Config, run: TrainingRun) -> Path:
+    """Where a run writes its events (the service and the web page read them): beside its
+    log, inside the data directory."""
+    default = layout.run_dir(config.data_dir, run.adapter, run.id) / EVENTS_FILE
+    if not run.log_path:
+        return default
+    path = (Path(run.log_path).parent / EVENTS_FILE).resolve()
+    return path if path.is_relative_to(config.data_dir) else default
 
 
 def _now() -> str:

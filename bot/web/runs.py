@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from pathlib import Path
 
 from aiohttp import web
 
-from settings import Config, layout
-from settings.layout import EVENTS_FILE
-from storage import StorageError, TrainingRun, UnknownAdapterError
+from storage import StorageError, UnknownAdapterError
 from trainer.events import EventTail
 
+from ..training import run_events_path
 from .app import (
     EXPECTED,
     SECURITY_HEADERS,
@@ -49,15 +47,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/runs/start", start_run, name="start_run")
     router.add_post("/runs/cancel", cancel_run, name="cancel_run")
     router.add_get("/runs/{run_id:\\d+}/events", run_events, name="run_events")
-
-
-def run_events_path(config: Config, run: TrainingRun) -> Path:
-    """Where a run writes its events: beside its log, inside the data directory."""
-    default = layout.run_dir(config.data_dir, run.adapter, run.id) / EVENTS_FILE
-    if not run.log_path:
-        return default
-    path = (Path(run.log_path).parent / EVENTS_FILE).resolve()
-    return path if path.is_relative_to(config.data_dir) else default
 
 
 async def runs_page(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from storage import AdapterVersion, StorageError
 from trainer.events import read_events
 
 from ..routing import confined_adapter_path
+from ..training import run_events_path
 from .app import (
     EXPECTED,
     SITE,
@@ -35,7 +36,6 @@ from .app import (
     scope_of_request,
     url,
 )
-from .runs import run_events_path
 
 SHOWN_HYPERPARAMETERS = ("method", "epochs", "learning_rate", "batch_size", "lora_r",
                          "lora_alpha", "max_seq_len", "seed")
